@@ -1,0 +1,53 @@
+"""Node settings: every CLI option also reads a `LLAMANET_*` environment variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("LLAMANET_HOME", "~/.llamanet")).expanduser()
+
+
+class NodeSettings(BaseSettings):
+    """Configuration of one node. Field `x_y` is option `--x-y` and variable `LLAMANET_X_Y`."""
+
+    model_config = SettingsConfigDict(env_prefix="LLAMANET_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    model: Path | None = None
+    model_id: str | None = None
+    no_model: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    n_batch: int = 512
+    queue_size: int = 8
+    max_body_size: int = 1 << 20
+    request_timeout: float = 600.0
+    dht_host: str | None = None
+    dht_port: int = 8001
+    bootstrap: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    heartbeat: float = 10.0
+    forward: bool = True
+    log_level: str = "info"
+
+    @field_validator("bootstrap", mode="before")
+    @classmethod
+    def _split_bootstrap(cls, value: object) -> object:
+        """`host:port,host:port` (as typed in a shell or env variable) or a list."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
