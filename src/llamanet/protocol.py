@@ -345,6 +345,7 @@ class NodeRecord(BaseModel):
     seq: int
     issued_at: float
     ttl: float
+    withdrawn: bool = False  # a tombstone: the node left; replaces its earlier records at once
     signature: str = ""
 
     def serves(self, model: str | None) -> bool:
