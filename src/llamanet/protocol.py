@@ -356,3 +356,9 @@ class NodeRecord(BaseModel):
             if model is None or info.id == model:
                 return info.n_ctx
         return None
+
+
+class NodeList(BaseModel):
+    """`GET /nodes`: the live records this node knows (itself included)."""
+
+    nodes: list[NodeRecord]
