@@ -1,0 +1,43 @@
+# LlamaNet: `make demo` runs a local swarm on the default model, `make test` runs every test.
+# Both create and fill .venv on first use (llama-cpp-python builds from source there: ~7-10 min
+# once; pip caches the wheel afterwards) and are idempotent.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-node bench-dht bench-gateway install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar on -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/llamanet demo
+
+test: $(STAMP)
+	$(PY) -m ruff check src tests bench examples
+	$(PY) -m pytest -p no:cacheprovider
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench examples
+	$(PY) -m ruff format --check src tests bench examples
+
+bench-node: $(STAMP)
+	$(PY) bench/node_bench.py
+
+bench-dht: $(STAMP)
+	$(PY) bench/dht_bench.py
+
+bench-gateway: $(STAMP)
+	$(PY) bench/gateway_bench.py
+
+bench: bench-node bench-dht bench-gateway
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

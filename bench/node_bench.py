@@ -1,0 +1,194 @@
+"""Node speed against its baselines, all measured in this run on the default model.
+
+    python bench/node_bench.py [--reps 3] [--tokens 256] [--threads 2]
+
+(a) raw `llama_cpp.Llama.create_completion(stream=True)` in this process (no HTTP);
+(b) the same request streamed from a LlamaNet node over HTTP/SSE;
+(c) the same request streamed from the peer `llama_cpp.server` over HTTP/SSE.
+Interleaved a, b, c per rep after one warm-up each; medians; temperature 0, same threads.
+tokens/s is the decode rate seen by the consumer: (chunks - 1) / (last chunk - first chunk).
+Then 4 concurrent streams against (b) and (c): how many finish with a finish_reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from llamanet.model_store import default_model_path, pull_default_model  # noqa: E402
+
+PROMPT = "Here is a long story about a dragon who learns to cook.\n\nOnce upon a time,"
+
+
+@dataclass
+class Run:
+    ttft_ms: float
+    tps: float
+    chunks: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raw_run(llm: object, tokens: int) -> Run:
+    start = time.perf_counter()
+    times = [time.perf_counter() for chunk in llm.create_completion(  # type: ignore[attr-defined]
+        PROMPT, max_tokens=tokens, temperature=0.0, stream=True) if chunk["choices"][0]["text"]]
+    return _summarise(start, times)
+
+
+def _summarise(start: float, times: list[float]) -> Run:
+    if not times:
+        return Run(float("nan"), float("nan"), 0)
+    tps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+    return Run((times[0] - start) * 1000, tps, len(times))
+
+
+def http_run(base: str, tokens: int) -> Run:
+    body = {"model": "bench", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0.0,
+            "stream": True}
+    times: list[float] = []
+    start = time.perf_counter()
+    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=300) as res:
+        res.raise_for_status()
+        for line in res.iter_lines():
+            if line.startswith("data: {"):
+                choices = json.loads(line[6:])["choices"]
+                if choices and choices[0].get("text"):
+                    times.append(time.perf_counter())
+    return _summarise(start, times)
+
+
+async def concurrent_streams(base: str, n: int, tokens: int) -> int:
+    """How many of n simultaneous streams end with a finish_reason after some text."""
+
+    async def one(client: httpx.AsyncClient, i: int) -> bool:
+        body = {"model": "bench", "prompt": f"{i}. {PROMPT}", "max_tokens": tokens,
+                "stream": True}
+        text, finish = "", None
+        try:
+            async with client.stream("POST", base + "/v1/completions", json=body) as res:
+                if res.status_code != 200:
+                    return False
+                async for line in res.aiter_lines():
+                    if line.startswith("data: {"):
+                        for choice in json.loads(line[6:]).get("choices", []):
+                            text += choice.get("text") or ""
+                            finish = choice.get("finish_reason") or finish
+        except httpx.HTTPError:
+            return False
+        return bool(text) and finish is not None
+
+    async with httpx.AsyncClient(timeout=300) as client:
+        return sum(await asyncio.gather(*(one(client, i) for i in range(n))))
+
+
+def start_server(cmd: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[:4]} exited:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{cmd[:4]} did not start:\n{log.read_text()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    args = ap.parse_args()
+
+    models = Path(os.environ.get("LLAMANET_HOME", "~/.llamanet")).expanduser() / "models"
+    model = default_model_path(models)
+    if not model.exists():
+        model = pull_default_model(models)
+    tmp = Path(tempfile.mkdtemp(prefix="llamanet-bench-"))
+    node_port, peer_port = free_port(), free_port()
+    node_url, peer_url = f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{peer_port}"
+    node = start_server(
+        [sys.executable, "-m", "llamanet", "node", "--model", str(model), "--model-id", "bench",
+         "--port", str(node_port), "--dht-port", "0", "--home", str(tmp / "node"),
+         "--n-threads", str(args.threads), "--n-ctx", str(args.n_ctx), "--log-level", "warning"],
+        node_url, tmp / "node.log")
+    peer = start_server(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias",
+         "bench", "--port", str(peer_port), "--n_threads", str(args.threads), "--n_ctx",
+         str(args.n_ctx), "--verbose", "False"],
+        peer_url, tmp / "peer.log")
+    try:
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=str(model), n_ctx=args.n_ctx, n_threads=args.threads,
+                    verbose=False)
+        runners = {"a raw llama_cpp": lambda: raw_run(llm, args.tokens),
+                   "b llamanet node": lambda: http_run(node_url, args.tokens),
+                   "c llama_cpp.server": lambda: http_run(peer_url, args.tokens)}
+        for run in runners.values():  # warm-up (page cache, first-request costs)
+            run()
+        results: dict[str, list[Run]] = {name: [] for name in runners}
+        for rep in range(args.reps):
+            for name, run in runners.items():
+                results[name].append(run())
+            print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr)
+        del llm
+        conc = {"b llamanet node": asyncio.run(concurrent_streams(node_url, 4, 64)),
+                "c llama_cpp.server": asyncio.run(concurrent_streams(peer_url, 4, 64))}
+    finally:
+        for proc in (node, peer):
+            proc.terminate()
+            proc.wait(20)
+
+    med = {name: Run(statistics.median(r.ttft_ms for r in runs),
+                     statistics.median(r.tps for r in runs),
+                     int(statistics.median(r.chunks for r in runs)))
+           for name, runs in results.items()}
+    print(f"\nnode benchmark: {args.reps} reps, {args.tokens} max tokens, {args.threads} threads,"
+          " temperature 0, medians")
+    print(f"{'':22} {'tokens/s':>9} {'TTFT ms':>9} {'chunks':>7}")
+    for name, m in med.items():
+        print(f"{name:22} {m.tps:9.1f} {m.ttft_ms:9.1f} {m.chunks:7d}")
+    a, b, c = med.values()
+    print(f"\nb/a tokens/s  {b.tps / a.tps:6.3f}   (target >= 0.97)")
+    print(f"b/c tokens/s  {b.tps / c.tps:6.3f}   (target >= 1.10)")
+    print(f"c/a tokens/s  {c.tps / a.tps:6.3f}")
+    print(f"TTFT b - a    {b.ttft_ms - a.ttft_ms:+6.1f} ms (target <= 5 ms)")
+    print(f"TTFT b - c    {b.ttft_ms - c.ttft_ms:+6.1f} ms")
+    print("\n4 concurrent streams, completed with a finish_reason:")
+    for name, n in conc.items():
+        print(f"  {name:22} {n}/4")
+    peer_log = (tmp / "peer.log").read_text(errors="replace")
+    if re.search(r"Traceback", peer_log):
+        print("  (the peer logged tracebacks; see", tmp / "peer.log", ")")
+
+
+if __name__ == "__main__":
+    main()

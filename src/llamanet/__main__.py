@@ -1,0 +1,3 @@
+from llamanet.cli import main
+
+main()

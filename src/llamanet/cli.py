@@ -1,0 +1,179 @@
+"""The `llamanet` command line: run a node, pull the default model, and (see below) more."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from llamanet._version import __version__
+from llamanet.config import NodeSettings, default_home
+
+app = typer.Typer(
+    help="LlamaNet: a decentralized inference swarm for GGUF models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(stderr=True)
+
+
+def setup_logging(level: str = "info") -> None:
+    """Rich output on a terminal; plain, greppable lines in a log file or a pipe."""
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False,
+                                               rich_tracebacks=True)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt, datefmt="%H:%M:%S",
+                        handlers=[handler], force=True)
+    for noisy in ("uvicorn.access", "kademlia", "rpcudp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def progress_bar() -> tuple[Progress, Any]:
+    """A rich progress bar and the `(stage, done, total)` callback that drives it."""
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), console=console, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done)
+
+    return bar, update
+
+
+def _env(name: str) -> str:
+    return f"LLAMANET_{name.upper()}"
+
+
+@app.command()
+def pull(
+    home: Annotated[Path | None, typer.Option(help="LlamaNet home (env LLAMANET_HOME).")] = None,
+) -> None:
+    """Fetch the default model (SmolLM2-135M-Instruct Q4_1) from PyPI into the models folder."""
+    from llamanet.model_store import ModelError, pull_default_model
+
+    setup_logging()
+    models_dir = (home or default_home()) / "models"
+    bar, update = progress_bar()
+    try:
+        with bar:
+            path = pull_default_model(models_dir, update)
+    except ModelError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(str(path))
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Binds the HTTP socket up front so `--port 0` can log (and publish) the real port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_node(settings: NodeSettings) -> None:
+    """Runs one node until Ctrl-C / SIGTERM (uvicorn handles both and shuts down cleanly)."""
+    import uvicorn
+
+    from llamanet.node import Node
+    from llamanet.server import create_app
+
+    sock = bind_socket(settings.host, settings.port)
+    settings.port = sock.getsockname()[1]
+    node = Node(settings)
+    log = logging.getLogger("llamanet")
+    log.info("node %s listening on http://%s:%d (OpenAI base URL http://%s:%d/v1)",
+             node.node_id[:12], settings.host, settings.port, settings.host, settings.port)
+    config = uvicorn.Config(
+        create_app(node), log_config=None, log_level=settings.log_level,
+        timeout_graceful_shutdown=5, access_log=False,
+    )
+    server = uvicorn.Server(config)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    except KeyboardInterrupt:
+        pass
+    log.info("node %s stopped", node.node_id[:12])
+
+
+def _option(help_text: str, env: str) -> Any:
+    return typer.Option(help=f"{help_text} [env: {_env(env)}]", show_default=False)
+
+
+@app.command()
+def node(
+    model: Annotated[Path | None, _option("GGUF model file (default: the bundled SmolLM2, "
+                                          "pulled if missing).", "model")] = None,
+    model_id: Annotated[str | None, _option("Id the model is served under (default: file "
+                                            "name without .gguf).", "model_id")] = None,
+    host: Annotated[str | None, _option("HTTP host to bind (default 127.0.0.1).", "host")] = None,
+    port: Annotated[int | None, _option("HTTP port (default 8000; 0 picks a free one).",
+                                        "port")] = None,
+    public_url: Annotated[str | None, _option("URL peers should use to reach this node.",
+                                              "public_url")] = None,
+    n_ctx: Annotated[int | None, _option("Context length in tokens (default 2048).",
+                                         "n_ctx")] = None,
+    n_threads: Annotated[int | None, _option("CPU threads for generation (default: all).",
+                                             "n_threads")] = None,
+    queue_size: Annotated[int | None, _option("Requests that may wait behind the running one "
+                                              "(default 8); beyond it: 503.",
+                                              "queue_size")] = None,
+    dht_port: Annotated[int | None, _option("DHT UDP port (default 8001; 0 picks a free one).",
+                                            "dht_port")] = None,
+    bootstrap: Annotated[str | None, _option("DHT peers to join, host:port[,host:port].",
+                                             "bootstrap")] = None,
+    heartbeat: Annotated[float | None, _option("Seconds between DHT record refreshes "
+                                               "(default 10).", "heartbeat")] = None,
+    home: Annotated[Path | None, _option("Home for the node key and models (default "
+                                         "~/.llamanet).", "home")] = None,
+    forward: Annotated[bool | None, typer.Option(
+        "--forward/--no-forward", help="Forward requests this node cannot serve to peers "
+        "[env: LLAMANET_FORWARD].", show_default=False)] = None,
+    no_model: Annotated[bool | None, typer.Option(
+        "--no-model", help="Hold no model: only route requests into the swarm "
+        "[env: LLAMANET_NO_MODEL].", show_default=False)] = None,
+    request_timeout: Annotated[float | None, _option("Seconds a request may run before it is "
+                                                     "ended with an error (default 600).",
+                                                     "request_timeout")] = None,
+    log_level: Annotated[str | None, _option("Log level (default info).", "log_level")] = None,
+) -> None:
+    """Run an inference node: OpenAI-compatible API, native API, web UI, DHT presence."""
+    given = {k: v for k, v in locals().items() if v is not None}
+    try:
+        settings = NodeSettings(**given)
+    except ValueError as exc:
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    setup_logging(settings.log_level)
+    serve_node(settings)
+
+
+@app.command()
+def version() -> None:
+    """Print the LlamaNet version."""
+    typer.echo(__version__)
+
+
+def main() -> None:  # pragma: no cover - `python -m llamanet`
+    app(prog_name="llamanet")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""A running node: its engine, identity, DHT presence and counters, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from llamanet._version import __version__
+from llamanet.config import NodeSettings
+from llamanet.engine import LlamaEngine
+from llamanet.forwarding import Gateway
+from llamanet.model_store import model_id_for, resolve_model
+from llamanet.protocol import ModelInfo, NodeInfo, NodeRecord, NodeStatus
+
+log = logging.getLogger(__name__)
+
+
+def parse_hostport(value: str, default_port: int = 8001) -> tuple[str, int]:
+    host, sep, port = value.strip().rpartition(":")
+    if not sep:
+        return value.strip(), default_port
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class Node:
+    """Everything one `llamanet node` process runs; the HTTP app reads it from `app.state.node`."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        from llamanet.identity import NodeIdentity
+
+        self.settings = settings
+        self.identity = NodeIdentity.load_or_create(settings.home)
+        self.node_id: str = self.identity.node_id
+        self.url = settings.public_url or f"http://{settings.host}:{settings.port}"
+        self.started_at = time.time()
+        self.engine: LlamaEngine | None = None
+        self.load_error: str | None = None
+        self.requests_forwarded = 0
+        self.dht: Any = None
+        self.presence: Any = None
+        self.gateway: Gateway | None = None
+        self._loading: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Starts the DHT at once and loads the model in the background (health says 503 until)."""
+        if not self.settings.no_model:
+            self._loading = asyncio.create_task(self._load_engine(), name="load-model")
+        await self._start_dht()
+        if self.settings.forward:
+            self.gateway = Gateway(self)
+            self.gateway.start()
+
+    async def _load_engine(self) -> None:
+        s = self.settings
+        try:
+            path = await asyncio.to_thread(resolve_model, s.model, s.models_dir)
+            model_id = s.model_id or model_id_for(path)
+            log.info("loading model %s from %s (n_ctx=%d)", model_id, path, s.n_ctx)
+            self.engine = await LlamaEngine.load(
+                path, model_id=model_id, n_ctx=s.n_ctx, n_threads=s.n_threads,
+                n_batch=s.n_batch, queue_size=s.queue_size,
+            )
+            log.info("model %s ready", model_id)
+        except Exception as exc:
+            self.load_error = str(exc)
+            log.error("could not load the model: %s", exc)
+
+    async def wait_ready(self) -> None:
+        if self._loading is not None:
+            await self._loading
+
+    async def _start_dht(self) -> None:
+        from llamanet.dht import DHTNode, Presence
+
+        s = self.settings
+        self.dht = DHTNode(self.identity)
+        try:
+            await self.dht.start(s.dht_host or s.host, s.dht_port)
+        except OSError as exc:
+            log.error("DHT could not listen on UDP %s: %s; serving without discovery",
+                      s.dht_port, exc)
+            self.dht = None
+            return
+        log.info("DHT listening on udp %s:%s", s.dht_host or s.host, self.dht.port)
+        peers = [parse_hostport(p) for p in s.bootstrap]
+        self.presence = Presence(self.dht, self.identity, self.describe, heartbeat=s.heartbeat,
+                                 bootstrap=peers)
+        await self.presence.start()
+
+    async def stop(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.close()
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        if self.presence is not None:
+            try:
+                await asyncio.wait_for(self.presence.stop(), 5.0)
+            except Exception as exc:  # leaving the DHT is best effort
+                log.warning("could not withdraw from the DHT: %s", exc)
+        if self.dht is not None:
+            await self.dht.stop()
+        if self.engine is not None:
+            await self.engine.close()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def ready(self) -> bool:
+        return self.settings.no_model or self.engine is not None
+
+    def models(self) -> list[ModelInfo]:
+        e = self.engine
+        return [ModelInfo(id=e.model_id, n_ctx=e.n_ctx, quantization=e.quantization)] if e else []
+
+    def describe(self) -> dict[str, Any]:
+        """The live, unsigned fields of this node's DHT record."""
+        e = self.engine
+        stats = e.stats if e else None
+        return {
+            "url": self.url,
+            "models": self.models(),
+            "load": round(e.utilization, 3) if e else 0.0,
+            "active": stats.active if stats else 0,
+            "queued": stats.queued if stats else 0,
+            "capacity": e.capacity if e else 0,
+            "tokens_per_second": round(stats.tokens_per_second, 2) if stats else 0.0,
+            "ttft_ms": round(stats.ttft_ms, 2) if stats else 0.0,
+            "version": __version__,
+            "started_at": self.started_at,
+        }
+
+    def own_record(self) -> NodeRecord:
+        from llamanet.records import sign_record
+
+        seq = self.presence.seq if self.presence is not None else 0
+        return sign_record(self.identity, seq=seq, ttl=3 * self.settings.heartbeat,
+                           **self.describe())
+
+    def status(self) -> NodeStatus:
+        e = self.engine
+        s = e.stats if e else None
+        return NodeStatus(
+            node_id=self.node_id,
+            models=[m.id for m in self.models()],
+            load=round(e.utilization, 3) if e else 0.0,
+            active=s.active if s else 0,
+            queued=s.queued if s else 0,
+            capacity=e.capacity if e else 0,
+            queue_size=e.queue_size if e else 0,
+            tokens_per_second=round(s.tokens_per_second, 2) if s else 0.0,
+            ttft_ms=round(s.ttft_ms, 2) if s else 0.0,
+            uptime_s=round(time.time() - self.started_at, 1),
+            requests_total=s.requests_total if s else 0,
+            requests_completed=s.requests_completed if s else 0,
+            requests_cancelled=s.requests_cancelled if s else 0,
+            requests_failed=s.requests_failed if s else 0,
+            requests_rejected=s.requests_rejected if s else 0,
+            requests_forwarded=self.requests_forwarded,
+            tokens_generated=s.tokens_generated if s else 0,
+        )
+
+    def info(self) -> NodeInfo:
+        e = self.engine
+        meta = {k: v for k, v in (e.metadata.items() if e else ())
+                if not k.startswith("tokenizer.ggml.") and len(str(v)) < 200}
+        return NodeInfo(
+            node_id=self.node_id, version=__version__, url=self.url, models=self.models(),
+            model_path=str(e.model_path) if e else None, n_threads=self.settings.n_threads,
+            started_at=self.started_at, metadata=meta,
+        )
+
+    async def find_nodes(self, model: str | None = None) -> list[NodeRecord]:
+        """Live records from the DHT, this node's own always included when it serves `model`."""
+        found: list[NodeRecord] = []
+        if self.dht is not None:
+            try:
+                found = await self.dht.find_nodes(model)
+            except Exception as exc:
+                log.warning("DHT lookup failed: %s", exc)
+        if self.ready and all(r.node_id != self.node_id for r in found):
+            own = self.own_record()
+            if own.serves(model):
+                found.append(own)
+        return found

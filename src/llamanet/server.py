@@ -1,0 +1,393 @@
+"""The node's HTTP API: OpenAI-compatible routes, native routes, status, and the web UI.
+
+Routes only translate between the wire formats (`protocol`) and the engine; admission (queue,
+context length) happens before a response starts, so those failures get real HTTP statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.sse import EventSourceResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llamanet._version import __version__
+from llamanet.engine import GenerationResult, Job, LlamaEngine, QueueFull, SamplingParams
+from llamanet.errors import APIError, install_error_handlers, model_not_found
+from llamanet.forwarding import is_forwarded
+from llamanet.node import Node
+from llamanet.protocol import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessage,
+    ChatResponseMessage,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ErrorResponse,
+    GenerateResponse,
+    ModelCard,
+    ModelList,
+    NodeInfo,
+    NodeList,
+    NodeRecord,
+    NodeStatus,
+    SamplingFields,
+    StreamingRequest,
+    Usage,
+)
+from llamanet.streaming import ChatFormat, ChunkFormat, CompletionFormat, NativeFormat, event_stream
+
+log = logging.getLogger("llamanet.http")
+T = TypeVar("T")
+
+NODE_HEADER = "X-LlamaNet-Node"
+SWARM_ALIAS = "llamanet"
+WEB_DIR = Path(__file__).parent / "web"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 503)
+}
+
+
+class RequestLog:
+    """Pure ASGI middleware (streaming-safe): adds the node header, logs one line per request."""
+
+    def __init__(self, app: ASGIApp, node_id: str) -> None:
+        self.app = app
+        self.header = (NODE_HEADER.lower().encode(), node_id.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+        state = scope.setdefault("state", {})
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                if not any(k == self.header[0] for k, _ in headers):
+                    headers.append(self.header)
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if scope["path"] not in ("/health", "/metrics") or status >= 400:
+                log.info(
+                    "%s %s model=%s node=%s status=%s tokens=%s %.1fms",
+                    scope["method"], scope["path"], state.get("model", "-"),
+                    state.get("served_by", "local"), status or "disconnected",
+                    state.get("tokens", "-"), (time.perf_counter() - started) * 1000,
+                )
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _node(request: Request) -> Node:
+    return request.app.state.node
+
+
+def _local_engine(request: Request, model: str | None) -> LlamaEngine | None:
+    """The local engine if it serves `model` (None and the swarm alias mean any model)."""
+    engine = _node(request).engine
+    if engine is not None and model in (None, "", SWARM_ALIAS, engine.model_id):
+        request.state.model = engine.model_id
+        return engine
+    request.state.model = model or "-"
+    return None
+
+
+def _cannot_serve(request: Request, model: str | None) -> APIError:
+    node = _node(request)
+    if node.engine is None and not node.settings.no_model and node.load_error is None:
+        return APIError(503, "The model is still loading.", code="model_loading",
+                        headers={"Retry-After": "2"})
+    return model_not_found(model or SWARM_ALIAS, [m.id for m in node.models()])
+
+
+LocalHandler = Callable[[LlamaEngine], Awaitable[Response]]
+
+
+async def _serve(request: Request, model: str | None, max_tokens: int | None,
+                 local: LocalHandler) -> Response:
+    """Serves locally when this node has the model and room; otherwise forwards to a peer."""
+    node = _node(request)
+    gateway = node.gateway if not is_forwarded(request) else None
+    engine = _local_engine(request, model)
+    if engine is not None:
+        try:
+            return await local(engine)
+        except QueueFull:
+            if gateway is None or not gateway.peers():
+                raise
+            with contextlib.suppress(APIError):
+                return await gateway.forward(request, model, max_tokens=max_tokens or 0,
+                                             reason="local queue full")
+            raise
+    if gateway is None:
+        raise _cannot_serve(request, model)
+    return await gateway.forward(request, model, max_tokens=max_tokens or 0,
+                                 reason="model not served here")
+
+
+def _sampling(req: SamplingFields, max_tokens: int | None) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+        min_p=req.min_p, repeat_penalty=req.repeat_penalty,
+        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        seed=req.seed, stop=tuple(req.stop_list()),
+    )
+
+
+def _messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.text()} for m in messages]
+
+
+async def _admit(
+    engine: LlamaEngine, params: SamplingParams, *, prompt: str | None = None,
+    messages: list[ChatMessage] | None = None,
+) -> Job:
+    if messages is not None:
+        tokens = await engine.tokenize(messages=_messages(messages))
+    else:
+        tokens = await engine.tokenize(prompt=prompt or "")
+    return engine.submit(tokens, params)
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T], timeout: float) -> T:
+    """Runs `work` unless the client disconnects first (then `work` is cancelled)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    if watcher in done:
+        raise APIError(499, "The client closed the request.", code="client_closed")
+    raise APIError(504, "The request took too long.", code="timeout")
+
+
+def _record(request: Request) -> Callable[[GenerationResult], None]:
+    def on_result(result: GenerationResult) -> None:
+        request.state.tokens = result.completion_tokens
+
+    return on_result
+
+
+def _sse(request: Request, body: AsyncIterator[bytes]) -> EventSourceResponse:
+    return EventSourceResponse(body, headers={"Cache-Control": "no-cache",
+                                              "X-Accel-Buffering": "no"})
+
+
+def _stream(
+    request: Request, engine: LlamaEngine, job: Job, fmt: ChunkFormat, include_usage: bool
+) -> EventSourceResponse:
+    body = event_stream(engine, job, fmt, include_usage=include_usage,
+                        on_result=_record(request),
+                        timeout=_node(request).settings.request_timeout)
+    return _sse(request, body)
+
+
+async def _run(request: Request, engine: LlamaEngine, job: Job) -> GenerationResult:
+    timeout = _node(request).settings.request_timeout
+    result = await _until_disconnect(request, engine.run(job), timeout)
+    request.state.tokens = result.completion_tokens
+    return result
+
+
+def _usage(result: GenerationResult) -> Usage:
+    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                 total_tokens=result.prompt_tokens + result.completion_tokens)
+
+
+# ---------------------------------------------------------------------- routes
+
+
+def _add_openai_routes(app: FastAPI) -> None:
+    @app.get("/v1/models", response_model=ModelList, tags=["openai"])
+    async def list_models(request: Request, local: bool = False) -> ModelList:
+        """Every model in the swarm, once, with how many nodes serve it (`?local=1`: this node's).
+        """
+        node = _node(request)
+        if local or node.gateway is None:
+            return ModelList(data=[ModelCard(id=m.id, created=int(node.started_at),
+                                             n_ctx=m.n_ctx) for m in node.models()])
+        swarm = node.gateway.swarm_models()
+        for m in node.models():  # this node even before its first lookup finished
+            swarm.setdefault(m.id, (1, m.n_ctx))
+        return ModelList(data=[ModelCard(id=model_id, nodes=count, n_ctx=n_ctx)
+                               for model_id, (count, n_ctx) in sorted(swarm.items())])
+
+    async def chat(request: Request, body: ChatCompletionRequest, stream: bool) -> Response:
+        async def local(engine: LlamaEngine) -> Response:
+            job = await _admit(engine, _sampling(body, body.token_budget()),
+                               messages=body.messages)
+            if stream:
+                usage = bool(body.stream_options and body.stream_options.include_usage)
+                return _stream(request, engine, job, ChatFormat(engine.model_id), usage)
+            result = await _run(request, engine, job)
+            completion = ChatCompletion(
+                model=engine.model_id, usage=_usage(result),
+                choices=[ChatChoice(message=ChatResponseMessage(content=result.text),
+                                    finish_reason=result.finish_reason)],
+            )
+            return JSONResponse(completion.model_dump())
+
+        return await _serve(request, body.model, body.token_budget(), local)
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS,
+              tags=["openai"])
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+        """OpenAI chat completions; `stream: true` answers with Server-Sent Events."""
+        return await chat(request, body, body.stream)
+
+    @app.post("/v1/chat/completions/stream", responses=_ERRORS, tags=["openai"],
+              response_class=EventSourceResponse)
+    async def chat_completions_stream(request: Request, body: ChatCompletionRequest) -> Response:
+        """Always-streaming chat completions (the chunk format of `stream: true`)."""
+        return await chat(request, body, True)
+
+    @app.post("/v1/completions", response_model=Completion, responses=_ERRORS, tags=["openai"])
+    async def completions(request: Request, body: CompletionRequest) -> Response:
+        async def local(engine: LlamaEngine) -> Response:
+            job = await _admit(engine, _sampling(body, body.max_tokens),
+                               prompt=body.prompt_text())
+            if body.stream:
+                usage = bool(body.stream_options and body.stream_options.include_usage)
+                return _stream(request, engine, job, CompletionFormat(engine.model_id), usage)
+            result = await _run(request, engine, job)
+            text = body.prompt_text() + result.text if body.echo else result.text
+            completion = Completion(
+                model=engine.model_id, usage=_usage(result),
+                choices=[CompletionChoice(text=text, finish_reason=result.finish_reason)],
+            )
+            return JSONResponse(completion.model_dump())
+
+        return await _serve(request, body.model, body.max_tokens, local)
+
+
+def _add_native_routes(app: FastAPI) -> None:
+    async def admit_native(engine: LlamaEngine, body: StreamingRequest) -> Job:
+        return await _admit(engine, _sampling(body, body.max_tokens), prompt=body.prompt,
+                            messages=body.messages)
+
+    @app.post("/generate", response_model=GenerateResponse, responses=_ERRORS, tags=["native"])
+    async def generate(request: Request, body: StreamingRequest) -> Response:
+        async def local(engine: LlamaEngine) -> Response:
+            result = await _run(request, engine, await admit_native(engine, body))
+            response = GenerateResponse(
+                text=result.text, tokens_generated=result.completion_tokens,
+                finish_reason=result.finish_reason, usage=_usage(result),
+                node_id=_node(request).node_id, model=engine.model_id,
+                tokens_per_second=round(result.tokens_per_second, 2),
+                ttft_ms=round(result.ttft_ms, 2), generation_time=round(result.duration_s, 4),
+            )
+            return JSONResponse(response.model_dump())
+
+        return await _serve(request, body.model, body.max_tokens, local)
+
+    @app.post("/generate/stream", responses=_ERRORS, tags=["native"],
+              response_class=EventSourceResponse)
+    async def generate_stream(request: Request, body: StreamingRequest) -> Response:
+        """Server-Sent Events of `StreamingChunk`, ending with `data: [DONE]`."""
+
+        async def local(engine: LlamaEngine) -> Response:
+            job = await admit_native(engine, body)
+            return _stream(request, engine, job, NativeFormat(_node(request).node_id), True)
+
+        return await _serve(request, body.model, body.max_tokens, local)
+
+    @app.get("/status", response_model=NodeStatus, tags=["native"])
+    async def status(request: Request) -> NodeStatus:
+        return _node(request).status()
+
+    @app.get("/info", response_model=NodeInfo, tags=["native"])
+    async def info(request: Request) -> NodeInfo:
+        return _node(request).info()
+
+    @app.get("/health", tags=["native"], responses={503: {"model": ErrorResponse}})
+    async def health(request: Request) -> dict[str, Any]:
+        node = _node(request)
+        if node.load_error is not None:
+            raise APIError(503, f"The model failed to load: {node.load_error}",
+                           code="model_load_failed")
+        if not node.ready:
+            raise APIError(503, "The model is still loading.", code="model_loading",
+                           headers={"Retry-After": "2"})
+        return {"status": "ok", "node_id": node.node_id, "version": __version__}
+
+    @app.get("/nodes", response_model=NodeList, tags=["swarm"])
+    async def nodes(request: Request, model: str | None = None) -> NodeList:
+        """Live node records found through the DHT (this node included)."""
+        return NodeList(nodes=await _node(request).find_nodes(model))
+
+    @app.get("/nodes/{node_id}", response_model=NodeRecord, tags=["swarm"],
+             responses={404: {"model": ErrorResponse}})
+    async def node_record(request: Request, node_id: str) -> NodeRecord:
+        for record in await _node(request).find_nodes():
+            if record.node_id == node_id:
+                return record
+        raise APIError(404, f"No live node with id '{node_id}'.", param="node_id",
+                       code="node_not_found")
+
+    @app.get("/dht/status", tags=["swarm"])
+    async def dht_status(request: Request) -> dict[str, Any]:
+        node = _node(request)
+        if node.presence is not None:
+            return node.presence.status()
+        if node.dht is not None:
+            return node.dht.status()
+        return {"node_id": node.node_id, "enabled": False}
+
+
+def create_app(node: Node) -> FastAPI:
+    """The ASGI app of one node; its lifespan starts and stops the node."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    app = FastAPI(
+        title="LlamaNet node", version=__version__, lifespan=lifespan,
+        max_body_size=node.settings.max_body_size,
+        description="OpenAI-compatible and native inference API of one LlamaNet node.",
+    )
+    app.state.node = node
+    install_error_handlers(app)
+    _add_openai_routes(app)
+    _add_native_routes(app)
+    if WEB_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+    app.add_middleware(RequestLog, node_id=node.node_id)
+    return app
