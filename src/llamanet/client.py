@@ -38,7 +38,6 @@ from llamanet.protocol import (
     StreamingChunk,
     StreamingRequest,
 )
-from llamanet.records import CLOCK_SKEW, InvalidRecord, verify_record
 from llamanet.router import NodeSelector
 
 __all__ = [
@@ -60,6 +59,7 @@ T = TypeVar("T")
 NODE_HEADER = "X-LlamaNet-Node"
 DEFAULT_NODE_URL = "http://127.0.0.1:8000"
 DEFAULT_DHT_PORT = 8001
+CLOCK_SKEW_ALLOWANCE = 300.0  # as `records.CLOCK_SKEW`: a peer's clock may be off by this
 DISCOVERY_TIMEOUT = 10.0  # a `/nodes` answer may wait on a DHT lookup
 RTT_PROBES_PER_REFRESH = 8
 RTT_PROBE_INTERVAL = 30.0
@@ -284,7 +284,7 @@ class RecordCache:
             held = self._entries.get(record.node_id)
             if held is not None and record.seq <= held.record.seq:
                 continue
-            wall_left = record.issued_at + record.ttl + CLOCK_SKEW - wall
+            wall_left = record.issued_at + record.ttl + CLOCK_SKEW_ALLOWANCE - wall
             deadline = now + min(record.ttl, wall_left)
             if deadline > now and self._valid(record, wall):
                 self._entries[record.node_id] = _Entry(record, deadline)
@@ -292,6 +292,8 @@ class RecordCache:
     def _valid(self, record: NodeRecord, wall: float) -> bool:
         if not self._verify:
             return True
+        from llamanet.records import InvalidRecord, verify_record  # cryptography: load lazily
+
         try:
             verify_record(record, now=wall)
         except InvalidRecord as exc:
