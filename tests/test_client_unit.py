@@ -281,6 +281,22 @@ def test_record_cache_drops_forged_records() -> None:
     assert cache.rejected == 3
 
 
+async def test_refresh_runs_before_records_expire() -> None:
+    swarm = FakeSwarm(record("a", ttl=3.0))
+    async with client_for(swarm, refresh_interval=5.0) as client:
+        assert client._refresh_delay() == 1.5
+        client.records.merge([bump(swarm.records[0], ttl=300.0)])
+        assert client._refresh_delay() == 5.0
+
+
+async def test_no_reachable_seed_means_no_node_available() -> None:
+    transport = httpx.MockTransport(refuse)
+    async with LlamaNetClient(nodes=["http://a.test"], transport=transport) as client:
+        assert await client.nodes() == []
+        with pytest.raises(NoNodeAvailable, match=r"no node known: discovery from http://a.test"):
+            await client.generate("hi")
+
+
 # --------------------------------------------------------------------------- requests
 
 

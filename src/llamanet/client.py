@@ -364,7 +364,12 @@ class _Failover:
         what = f"model {self.model!r}" if self.model else "the request"
         if self.failures:
             return NoNodeAvailable(f"every node tried for {what} failed", self.failures)
-        records = [r for r in self.client.records.active() if r.serves(self.model)]
+        known = self.client.records.active()
+        if not known:
+            return NoNodeAvailable(
+                f"no node known: discovery from {self.client.sources()} found none"
+            )
+        records = [r for r in known if r.serves(self.model)]
         cooling = [r for r in records if self.client.selector.in_cooldown(r.node_id)]
         return NoNodeAvailable(
             f"no node available for {what}: {len(records)} known serve it, "
@@ -518,11 +523,16 @@ class LlamaNetClient:
                 await self._probe_rtts()
             except Exception as exc:
                 log.debug("rtt probes failed: %r", exc)
-            await asyncio.sleep(self.refresh_interval)
+            await asyncio.sleep(self._refresh_delay())
             try:
                 await self.refresh()
             except Exception as exc:  # discovery is best effort; keep the records we have
                 log.warning("node discovery failed: %s", exc)
+
+    def _refresh_delay(self) -> float:
+        """`refresh_interval`, shortened so records are renewed before their ttl runs out."""
+        ttls = [r.ttl for r in self.records.live() if r.ttl > 0]
+        return max(0.2, min([self.refresh_interval, *(t / 2 for t in ttls)]))
 
     async def _discover(self) -> None:
         sources = [self._from_url(url) for url in self.seed_urls]
@@ -572,6 +582,12 @@ class LlamaNetClient:
         except httpx.HTTPError:
             return  # a failed probe says nothing about latency; requests decide on cooldown
         self.selector.record_rtt(record.node_id, time.perf_counter() - started)
+
+    def sources(self) -> str:
+        """Where this client discovers nodes, for messages."""
+        urls = [f"{u}/nodes" for u in self.seed_urls]
+        peers = [f"DHT peer {h}:{p}" for h, p in self.bootstrap]
+        return ", ".join(urls + peers)
 
     def url_of(self, record: NodeRecord) -> str:
         """The base URL to reach a node."""
