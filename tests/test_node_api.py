@@ -224,3 +224,21 @@ def test_unknown_route_is_openai_shaped_404(node: Any) -> None:
 def test_node_still_serves_after_bad_input(sdk: openai.OpenAI) -> None:
     reply = sdk.chat.completions.create(model="smol", messages=CHAT, max_tokens=4)
     assert reply.choices[0].message.content
+
+
+def test_wrong_content_type_is_415(node: Any) -> None:
+    res = _post(node, "/v1/chat/completions", content=json.dumps({"messages": CHAT}),
+                headers={"content-type": "text/plain"})
+    _assert_error(res, 415)
+
+
+def test_chunked_body_over_limit_is_413(node: Any) -> None:
+    def chunks() -> Any:
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}]}'
+
+    res = _post(node, "/v1/chat/completions", content=chunks(),
+                headers={"content-type": "application/json"})
+    _assert_error(res, 413)

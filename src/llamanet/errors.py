@@ -135,6 +135,8 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 413:
             message = "The request body is too large."
+        elif exc.status_code == 404:
+            message = "No such endpoint. The API lives under /v1 (OpenAI) and /generate, /status."
         return APIError(exc.status_code, message, headers=dict(exc.headers or {})).response()
 
     @app.exception_handler(Exception)

@@ -11,6 +11,7 @@ from llamanet._version import __version__
 from llamanet.config import NodeSettings
 from llamanet.engine import LlamaEngine
 from llamanet.forwarding import Gateway
+from llamanet.metrics import Metrics
 from llamanet.model_store import model_id_for, resolve_model
 from llamanet.protocol import ModelInfo, NodeInfo, NodeRecord, NodeStatus
 
@@ -41,6 +42,7 @@ class Node:
         self.dht: Any = None
         self.presence: Any = None
         self.gateway: Gateway | None = None
+        self.metrics = Metrics(self)
         self._loading: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle

@@ -16,15 +16,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamanet._version import __version__
 from llamanet.engine import GenerationResult, Job, LlamaEngine, QueueFull, SamplingParams
 from llamanet.errors import APIError, install_error_handlers, model_not_found
 from llamanet.forwarding import is_forwarded
+from llamanet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from llamanet.node import Node
 from llamanet.protocol import (
     ChatChoice,
@@ -59,14 +62,22 @@ WEB_DIR = Path(__file__).parent / "web"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 503)
 }
+# Streaming routes return an `EventSourceResponse` themselves (admission must be able to fail with
+# a real status first), so their 200 is documented here rather than through response_class.
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Server-Sent Events", "content": {"text/event-stream": {}}}, **_ERRORS,
+}
 
 
 class RequestLog:
     """Pure ASGI middleware (streaming-safe): adds the node header, logs one line per request."""
 
-    def __init__(self, app: ASGIApp, node_id: str) -> None:
+    def __init__(self, app: ASGIApp, node: Node, endpoints: set[str]) -> None:
         self.app = app
-        self.header = (NODE_HEADER.lower().encode(), node_id.encode())
+        self.header = (NODE_HEADER.lower().encode(), node.node_id.encode())
+        self.node_short = node.node_id[:12]
+        self.metrics = node.metrics
+        self.endpoints = endpoints  # metric labels: known paths only, so cardinality stays bounded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,13 +100,59 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            if scope["path"] not in ("/health", "/metrics") or status >= 400:
+            path, seconds = scope["path"], time.perf_counter() - started
+            endpoint = path if path in self.endpoints else "other"
+            self.metrics.observe_request(endpoint, status or 499, seconds)
+            if path not in ("/health", "/metrics", "/status", "/nodes") or status >= 400:
                 log.info(
                     "%s %s model=%s node=%s status=%s tokens=%s %.1fms",
-                    scope["method"], scope["path"], state.get("model", "-"),
-                    state.get("served_by", "local"), status or "disconnected",
-                    state.get("tokens", "-"), (time.perf_counter() - started) * 1000,
+                    scope["method"], path, state.get("model", "-"),
+                    state.get("served_by", self.node_short), status or "disconnected",
+                    state.get("tokens", "-"), seconds * 1000,
                 )
+
+
+class RequestGuard:
+    """Pure ASGI middleware: POST bodies must be JSON and under the size limit (415 / 413).
+
+    The limit is checked on Content-Length up front and on the bytes actually received (chunked
+    uploads); the errors are OpenAI-shaped like every other.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_size: int) -> None:
+        self.app = app
+        self.max_body_size = max_body_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if ctype not in (b"application/json", b""):
+            await APIError(415, f"Unsupported content type '{ctype.decode(errors='replace')}': "
+                           "send the body as JSON with 'Content-Type: application/json'.",
+                           code="unsupported_media_type").response()(scope, receive, send)
+            return
+        length = headers.get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.max_body_size:
+            await self._too_large().response()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_size:
+                raise StarletteHTTPException(413)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _too_large(self) -> APIError:
+        return APIError(413, f"The request body is larger than {self.max_body_size} bytes.",
+                        code="request_too_large")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -197,6 +254,7 @@ async def _until_disconnect(request: Request, work: Awaitable[T], timeout: float
 def _record(request: Request) -> Callable[[GenerationResult], None]:
     def on_result(result: GenerationResult) -> None:
         request.state.tokens = result.completion_tokens
+        _node(request).metrics.ttft.observe(result.ttft_ms / 1000)
 
     return on_result
 
@@ -218,7 +276,7 @@ def _stream(
 async def _run(request: Request, engine: LlamaEngine, job: Job) -> GenerationResult:
     timeout = _node(request).settings.request_timeout
     result = await _until_disconnect(request, engine.run(job), timeout)
-    request.state.tokens = result.completion_tokens
+    _record(request)(result)
     return result
 
 
@@ -268,8 +326,7 @@ def _add_openai_routes(app: FastAPI) -> None:
         """OpenAI chat completions; `stream: true` answers with Server-Sent Events."""
         return await chat(request, body, body.stream)
 
-    @app.post("/v1/chat/completions/stream", responses=_ERRORS, tags=["openai"],
-              response_class=EventSourceResponse)
+    @app.post("/v1/chat/completions/stream", responses=_SSE, tags=["openai"])
     async def chat_completions_stream(request: Request, body: ChatCompletionRequest) -> Response:
         """Always-streaming chat completions (the chunk format of `stream: true`)."""
         return await chat(request, body, True)
@@ -313,8 +370,7 @@ def _add_native_routes(app: FastAPI) -> None:
 
         return await _serve(request, body.model, body.max_tokens, local)
 
-    @app.post("/generate/stream", responses=_ERRORS, tags=["native"],
-              response_class=EventSourceResponse)
+    @app.post("/generate/stream", responses=_SSE, tags=["native"])
     async def generate_stream(request: Request, body: StreamingRequest) -> Response:
         """Server-Sent Events of `StreamingChunk`, ending with `data: [DONE]`."""
 
@@ -380,14 +436,22 @@ def create_app(node: Node) -> FastAPI:
 
     app = FastAPI(
         title="LlamaNet node", version=__version__, lifespan=lifespan,
-        max_body_size=node.settings.max_body_size,
         description="OpenAI-compatible and native inference API of one LlamaNet node.",
     )
     app.state.node = node
     install_error_handlers(app)
     _add_openai_routes(app)
     _add_native_routes(app)
+
+    @app.get("/metrics", tags=["native"], response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(node.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    endpoints = {route.path for route in app.routes if isinstance(route, APIRoute)}
     if WEB_DIR.is_dir():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
-    app.add_middleware(RequestLog, node_id=node.node_id)
+        endpoints.add("/")
+    app.add_middleware(RequestGuard, max_body_size=node.settings.max_body_size)
+    app.add_middleware(RequestLog, node=node, endpoints=endpoints)
     return app
