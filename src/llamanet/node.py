@@ -67,6 +67,8 @@ class Node:
                 n_batch=s.n_batch, queue_size=s.queue_size,
             )
             log.info("model %s ready", model_id)
+            if self.presence is not None:  # announce the model now, not at the next heartbeat
+                await self.presence.beat()
         except Exception as exc:
             self.load_error = str(exc)
             log.error("could not load the model: %s", exc)
@@ -101,6 +103,7 @@ class Node:
         if self.presence is not None:
             try:
                 await asyncio.wait_for(self.presence.stop(), 5.0)
+                log.info("withdrew node %s from the DHT", self.node_id[:12])
             except Exception as exc:  # leaving the DHT is best effort
                 log.warning("could not withdraw from the DHT: %s", exc)
         if self.dht is not None:
@@ -183,8 +186,8 @@ class Node:
                 found = await self.dht.find_nodes(model)
             except Exception as exc:
                 log.warning("DHT lookup failed: %s", exc)
-        if self.ready and all(r.node_id != self.node_id for r in found):
-            own = self.own_record()
-            if own.serves(model):
-                found.append(own)
+        found = [r for r in found if r.node_id != self.node_id]  # ours is fresher from memory
+        own = self.own_record()
+        if own.serves(model) and (own.models or model is None):
+            found.append(own)
         return found
