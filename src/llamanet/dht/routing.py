@@ -1,0 +1,43 @@
+"""Routing table with exact k-nearest selection.
+
+kademlia's `RoutingTable.find_neighbors` returns the first k nodes of a bucket walk, not the k
+nearest (DHT-NOTES.md, defect 4). Tables hold at most a few hundred contacts, so an exact
+selection over all of them is cheap. Peers that timed out recently are never handed out.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING
+
+from kademlia.node import Node
+from kademlia.routing import RoutingTable
+
+if TYPE_CHECKING:
+    from llamanet.dht.protocol import DHTProtocol
+
+
+class ExactRoutingTable(RoutingTable):
+    protocol: DHTProtocol
+
+    def contacts(self) -> list[Node]:
+        return [node for bucket in self.buckets for node in bucket.nodes.values()]
+
+    def __len__(self) -> int:
+        return sum(len(bucket) for bucket in self.buckets)
+
+    def find_neighbors(
+        self, node: Node, k: int | None = None, exclude: Node | None = None
+    ) -> list[Node]:
+        k = k or self.ksize
+        target = node.long_id
+        is_dead = self.protocol.is_dead
+        candidates = [
+            contact
+            for bucket in self.buckets
+            for contact in bucket.nodes.values()
+            if contact.id != node.id
+            and (exclude is None or not contact.same_home_as(exclude))
+            and not is_dead((contact.ip, contact.port))
+        ]
+        return heapq.nsmallest(k, candidates, key=lambda contact: contact.long_id ^ target)

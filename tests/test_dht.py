@@ -1,0 +1,512 @@
+"""The discovery layer: in-process DHT peers on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from kademlia.node import Node
+
+from llamanet.dht import DHTNode, Presence, RecordStorage
+from llamanet.dht.keys import digest, model_key, node_key
+from llamanet.identity import NodeIdentity
+from llamanet.protocol import ModelInfo, NodeRecord
+from llamanet.records import canonical_bytes, encode_record, make_tombstone, sign_record
+
+MODEL = "tinyllama-1.1b-chat"
+RPC_TIMEOUT = 0.5  # dead peers in these tests cost at most this
+
+
+def _record(
+    identity: NodeIdentity, *, models: tuple[str, ...] = (MODEL,), **extra: Any
+) -> NodeRecord:
+    fields: dict[str, Any] = {
+        "url": f"http://127.0.0.1:{8000 + int(identity.node_id[:3], 16) % 1000}",
+        "models": [ModelInfo(id=m, n_ctx=2048) for m in models],
+        "version": "0.1.0",
+        "started_at": time.time(),
+        "ttl": 30.0,
+    }
+    fields.update(extra)
+    return sign_record(identity, **fields)
+
+
+@contextlib.asynccontextmanager
+async def swarm(size: int, **kwargs: Any) -> AsyncIterator[list[DHTNode]]:
+    """`size` full peers, all bootstrapped through the first one; always stopped."""
+    nodes = [
+        DHTNode(NodeIdentity.generate(), rpc_timeout=RPC_TIMEOUT, **kwargs) for _ in range(size)
+    ]
+    try:
+        for node in nodes:
+            await node.start()
+        for node in nodes[1:]:
+            await node.bootstrap([("127.0.0.1", nodes[0].port)])
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+@contextlib.asynccontextmanager
+async def light_client(seed: DHTNode) -> AsyncIterator[DHTNode]:
+    client = DHTNode(rpc_timeout=RPC_TIMEOUT)
+    try:
+        await client.start()
+        await client.bootstrap([("127.0.0.1", seed.port)])
+        yield client
+    finally:
+        await client.stop()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> bool:
+    """Poll `check` until true; a generous bound, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return await check()
+
+
+def _ids(records: list[NodeRecord]) -> set[str]:
+    return {record.node_id for record in records}
+
+
+def _forge_variants(victim: NodeIdentity) -> dict[str, bytes]:
+    """One wire record per kind of invalidity, each aimed at the `MODEL` key."""
+    forger = NodeIdentity.generate()
+    good = _record(victim)
+    unsigned = good.model_copy(update={"signature": ""})
+    other_key = good.model_copy(
+        update={"load": 0.9, "signature": forger.sign(canonical_bytes(good)).hex()}
+    )
+    mismatch_fields = good.model_dump(exclude={"signature", "node_id", "public_key"})
+    mismatch = NodeRecord(
+        **mismatch_fields, node_id=victim.node_id, public_key=forger.public_key_hex
+    )
+    mismatch = mismatch.model_copy(
+        update={"signature": forger.sign(canonical_bytes(mismatch)).hex()}
+    )
+    expired = _record(victim, issued_at=time.time() - 1000, ttl=30.0)
+    oversized = _record(victim, url="http://x/" + "a" * 1200)
+    return {
+        "unsigned": encode_record(unsigned),
+        "bad_signature": encode_record(other_key),
+        "id_mismatch": encode_record(mismatch),
+        "expired": encode_record(expired),
+        "oversized": encode_record(oversized),
+        "malformed": b"\x81\xa1i\xc4\x01x",
+    }
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def test_storage_merges_writers_and_keeps_newest_seq() -> None:
+    storage = RecordStorage()
+    key = digest(model_key(MODEL))
+    identities = [NodeIdentity.generate() for _ in range(5)]
+    for identity in identities:
+        assert storage.put(key, encode_record(_record(identity, seq=10)), 30.0)
+    assert _ids(storage.records(key)) == {i.node_id for i in identities}
+    assert storage.put(key, encode_record(_record(identities[0], seq=11, load=0.5)), 30.0)
+    assert not storage.put(key, encode_record(_record(identities[0], seq=9)), 30.0)
+    assert storage.rejected["stale_seq"] == 1
+    newest = {r.node_id: r for r in storage.records(key)}[identities[0].node_id]
+    assert (newest.seq, newest.load) == (11, 0.5)
+
+
+def test_storage_rejects_and_counts_every_invalid_kind() -> None:
+    storage = RecordStorage()
+    key = digest(model_key(MODEL))
+    for reason, wire in _forge_variants(NodeIdentity.generate()).items():
+        assert not storage.put(key, wire, 30.0), reason
+        assert storage.rejected[reason] == 1, reason
+    # a record can only occupy keys its own content names
+    assert not storage.put(
+        digest(model_key("other-model")), encode_record(_record(NodeIdentity.generate())), 30.0
+    )
+    assert storage.rejected["wrong_key"] == 1
+    assert storage.records(key) == []
+    assert len(storage) == 0
+
+
+def test_storage_tombstones_are_kept_but_never_returned() -> None:
+    storage = RecordStorage()
+    key = digest(model_key(MODEL))
+    identity = NodeIdentity.generate()
+    record = _record(identity)
+    storage.put(key, encode_record(record), 30.0)
+    tombstone = make_tombstone(identity, record)
+    assert storage.put(key, encode_record(tombstone), 30.0)
+    assert storage.records(key) == []
+    assert storage.records(key, include_withdrawn=True) == [tombstone]
+    assert not storage.put(key, encode_record(record), 30.0)  # the old record cannot come back
+    assert len(storage.entries(key)[0]) == 1  # the tombstone still travels to other peers
+
+
+def test_storage_expires_entries_by_remaining_ttl() -> None:
+    storage = RecordStorage()
+    key = digest(model_key(MODEL))
+    record = _record(NodeIdentity.generate(), ttl=30.0)
+    assert storage.put(key, encode_record(record), 0.05)  # the sender says: 50 ms left
+    assert len(storage.records(key)) == 1
+    time.sleep(0.1)
+    assert storage.records(key) == []
+    storage.cull()
+    assert len(storage) == 0 and not storage.data
+
+
+def test_storage_bounds_one_flooder() -> None:
+    storage = RecordStorage(max_per_source=5, max_per_key=8)
+    key = digest(model_key(MODEL))
+    accepted = sum(
+        storage.put(key, encode_record(_record(NodeIdentity.generate())), 30.0, source="1.2.3.4:5")
+        for _ in range(10)
+    )
+    assert accepted == 5
+    assert storage.rejected["over_limit"] == 5
+    others = sum(
+        storage.put(
+            key, encode_record(_record(NodeIdentity.generate())), 30.0, source=f"10.0.0.{i}:1"
+        )
+        for i in range(5)
+    )
+    assert others == 3  # the per-key cap holds too
+    assert len(storage.records(key)) == 8
+
+
+async def test_routing_table_neighbors_are_exactly_the_nearest() -> None:
+    node = DHTNode(NodeIdentity.generate(), ksize=5)
+    router = node._server._create_protocol().router
+    contacts = [Node(digest(str(i)), "127.0.0.1", 10000 + i) for i in range(300)]
+    for contact in contacts:
+        router.add_contact(contact)
+    kept = router.contacts()
+    for i in range(50):
+        target = Node(digest(f"target-{i}"))
+        expected = sorted(kept, key=lambda c: c.distance_to(target))[:5]
+        assert [c.id for c in router.find_neighbors(target)] == [c.id for c in expected]
+    await asyncio.sleep(0)  # let the head pings of full buckets (unsent: no socket) finish
+
+
+# --------------------------------------------------------------------------- the swarm
+
+
+async def test_multi_writer_every_reader_sees_all_ten() -> None:
+    async with swarm(10) as nodes:
+        records = {}
+        for node in nodes:
+            assert node.identity is not None
+            records[node.node_id] = _record(node.identity)
+            await node.publish(records[node.node_id])
+        expected = set(records)
+        for node in nodes:
+            assert _ids(await node.find_nodes(MODEL)) == expected
+            assert _ids(await node.find_nodes()) == expected
+        async with light_client(nodes[4]) as client:
+            found = await client.find_nodes(MODEL)
+            assert _ids(found) == expected
+            assert {r.node_id: r for r in found} == records
+            assert await client.find_node(nodes[7].node_id) == records[nodes[7].node_id]
+            assert await client.find_node("0" * 40) is None
+            assert await client.find_nodes("no-such-model") == []
+            with pytest.raises(RuntimeError):
+                await client.publish(records[nodes[0].node_id])
+            # a light client is never added to other peers' routing tables
+            assert f"127.0.0.1:{client.port}" not in nodes[4].status()["peers"]
+        status = nodes[0].status()
+        assert status["keys_published"] == 3
+        assert status["last_publish"] is not None
+        assert status["routing_table_size"] == 9
+        assert status["invalid_records"] == {}
+        assert status["address"] == f"127.0.0.1:{nodes[0].port}"
+
+
+async def test_newest_seq_wins_and_old_seq_is_refused() -> None:
+    async with swarm(6) as nodes:
+        writer = nodes[1]
+        assert writer.identity is not None
+        await writer.publish(_record(writer.identity, seq=100, load=0.1))
+        await writer.publish(_record(writer.identity, seq=101, load=0.7))
+        await writer.publish(_record(writer.identity, seq=99, load=0.3))  # replayed old record
+        for node in nodes:
+            (found,) = await node.find_nodes(MODEL)
+            assert (found.seq, found.load) == (101, 0.7)
+        assert sum(n.status()["invalid_records"].get("stale_seq", 0) for n in nodes) > 0
+
+
+async def test_invalid_records_are_refused_by_peers_and_never_returned() -> None:
+    async with swarm(6) as nodes:
+        honest = nodes[2]
+        assert honest.identity is not None
+        await honest.publish(_record(honest.identity))
+        key = digest(model_key(MODEL))
+        variants = _forge_variants(NodeIdentity.generate())
+        async with light_client(nodes[0]) as attacker:
+            for peer in nodes:
+                target = Node(peer._server.node.id, "127.0.0.1", peer.port)
+                entries = [[wire, 30.0] for wire in variants.values()]
+                ok, accepted = await attacker.protocol.call_put(target, key, entries)
+                assert ok and accepted == 0
+        for peer in nodes:
+            counts = peer.status()["invalid_records"]
+            for reason in variants:
+                assert counts.get(reason, 0) >= 1, (reason, counts)
+        for node in nodes:
+            assert _ids(await node.find_nodes(MODEL)) == {honest.node_id}
+
+
+async def test_a_lying_peer_cannot_slip_invalid_records_into_lookups() -> None:
+    async with swarm(6) as nodes:
+        honest = nodes[1]
+        assert honest.identity is not None
+        await honest.publish(_record(honest.identity))
+        key = digest(model_key(MODEL))
+        liar = nodes[3]
+        variants = _forge_variants(NodeIdentity.generate())
+        # the liar bypasses its own validation and serves forged entries as if stored
+        from llamanet.dht.storage import Entry
+
+        good = _record(NodeIdentity.generate())
+        for index, wire in enumerate(variants.values()):
+            liar.storage.data.setdefault(key, {})[f"forged{index}"] = Entry(
+                good, wire, time.monotonic() + 30, None, bytes(8)
+            )
+        reader = nodes[5]
+        assert _ids(await reader.find_nodes(MODEL)) == {honest.node_id}
+        counts = reader.status()["invalid_records"]
+        for reason in variants:
+            assert counts.get(reason, 0) >= 1, (reason, counts)
+
+
+async def test_tombstone_removes_a_node_at_once() -> None:
+    async with swarm(8) as nodes:
+        for node in nodes:
+            assert node.identity is not None
+            await node.publish(_record(node.identity))
+        leaving = nodes[5]
+        assert leaving.identity is not None
+        record = _record(leaving.identity)
+        await leaving.publish(record)
+        assert leaving.node_id in _ids(await nodes[0].find_nodes(MODEL))
+        await leaving.withdraw(make_tombstone(leaving.identity, record))
+        for node in nodes:
+            assert leaving.node_id not in _ids(await node.find_nodes(MODEL))
+            assert leaving.node_id not in _ids(await node.find_nodes())
+            assert await node.find_node(leaving.node_id) is None
+            assert len(await node.find_nodes(MODEL)) == 7
+
+
+async def test_dropping_a_model_leaves_its_key_at_once() -> None:
+    async with swarm(5) as nodes:
+        node = nodes[2]
+        assert node.identity is not None
+        await node.publish(_record(node.identity, models=(MODEL, "other")))
+        assert _ids(await nodes[0].find_nodes("other")) == {node.node_id}
+        await node.publish(_record(node.identity, models=(MODEL,)))
+        assert await nodes[0].find_nodes("other") == []
+        assert _ids(await nodes[0].find_nodes(MODEL)) == {node.node_id}
+
+
+async def test_entry_disappears_after_its_ttl_when_not_refreshed() -> None:
+    async with swarm(6) as nodes:
+        short, steady = nodes[1], nodes[2]
+        assert short.identity is not None and steady.identity is not None
+        await short.publish(_record(short.identity, ttl=1.0))
+        await steady.publish(_record(steady.identity, ttl=60.0))
+        assert _ids(await nodes[4].find_nodes(MODEL)) == {short.node_id, steady.node_id}
+
+        async def gone() -> bool:
+            return _ids(await nodes[4].find_nodes(MODEL)) == {steady.node_id}
+
+        assert await eventually(gone)
+        assert await nodes[0].find_node(short.node_id) is None
+        assert all(
+            short.node_id not in {r.node_id for r in n.storage.records(digest(model_key(MODEL)))}
+            for n in nodes
+        )
+
+
+async def test_lookups_stay_complete_with_peers_stopped_and_skip_them_afterwards() -> None:
+    async with swarm(16) as nodes:
+        for node in nodes:
+            assert node.identity is not None
+            await node.publish(_record(node.identity))
+        stopped, alive = nodes[10:14], nodes[:10] + nodes[14:]
+        for node in stopped:
+            await node.stop()  # abruptly: no tombstone
+        live_ids = {n.node_id for n in alive}
+        reader = alive[3]
+        assert live_ids <= _ids(await reader.find_nodes(MODEL))
+        # the reader learnt which peers are gone: the next lookups send them nothing
+        protocol = reader.protocol
+        timeouts = protocol.stats["timeouts"]
+        for _ in range(3):
+            assert live_ids <= _ids(await reader.find_nodes(MODEL))
+        assert protocol.stats["timeouts"] == timeouts
+        # and a publish still reaches enough replicas for every reader
+        for node in alive:
+            assert node.identity is not None
+            await node.publish(_record(node.identity))
+        for node in alive:
+            assert _ids(await node.find_nodes(MODEL)) >= live_ids
+
+
+async def test_lookup_and_bootstrap_survive_unreachable_and_garbage() -> None:
+    async with swarm(4) as nodes:
+        dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dead.bind(("127.0.0.1", 0))  # a port where nobody answers
+        dead_port = dead.getsockname()[1]
+        try:
+            assert await nodes[3].bootstrap([("127.0.0.1", dead_port)]) == 3
+            lone = DHTNode(NodeIdentity.generate(), rpc_timeout=RPC_TIMEOUT)
+            await lone.start()
+            try:
+                assert await lone.bootstrap([("127.0.0.1", dead_port)]) == 0
+                assert await lone.bootstrap([("no-such-host.invalid", 1)]) == 0
+                assert await lone.find_nodes(MODEL) == []
+                assert lone.identity is not None
+                await lone.publish(_record(lone.identity))  # alone: held locally only
+                assert _ids(await lone.find_nodes(MODEL)) == {lone.node_id}
+            finally:
+                await lone.stop()
+            for payload in (
+                b"",
+                b"\x00" * 21,
+                b"\x00" + bytes(20) + b"\xc1",
+                b"\x00" + bytes(20) + b"\x92\xa3get\x90",
+            ):
+                dead.sendto(payload, ("127.0.0.1", nodes[0].port))
+            assert nodes[1].identity is not None
+            await nodes[1].publish(_record(nodes[1].identity))
+            assert _ids(await nodes[2].find_nodes(MODEL)) == {nodes[1].node_id}
+        finally:
+            dead.close()
+
+
+async def test_a_late_joiner_is_handed_the_records_it_should_hold() -> None:
+    async with swarm(5) as nodes:
+        for node in nodes:
+            assert node.identity is not None
+            await node.publish(_record(node.identity))
+        late = DHTNode(NodeIdentity.generate(), rpc_timeout=RPC_TIMEOUT)
+        await late.start()
+        try:
+            await late.bootstrap([("127.0.0.1", nodes[0].port)])
+            key = digest(model_key(MODEL))
+
+            async def handed_over() -> bool:
+                return len(late.storage.records(key)) == 5
+
+            assert await eventually(handed_over)
+        finally:
+            await late.stop()
+
+
+# --------------------------------------------------------------------------- presence
+
+
+def _describe(port: int) -> Callable[[], dict[str, Any]]:
+    def describe() -> dict[str, Any]:
+        return {
+            "url": f"http://127.0.0.1:{port}",
+            "models": [ModelInfo(id=MODEL, n_ctx=2048)],
+            "load": 0.0,
+            "active": 0,
+            "queued": 0,
+            "capacity": 2,
+            "tokens_per_second": 10.0,
+            "ttft_ms": 50.0,
+            "version": "0.1.0",
+            "started_at": time.time(),
+        }
+
+    return describe
+
+
+async def test_presence_heartbeats_then_withdraws() -> None:
+    async with swarm(4) as nodes:
+        identity = NodeIdentity.generate()
+        dht = DHTNode(identity, rpc_timeout=RPC_TIMEOUT)
+        await dht.start()
+        presence = Presence(
+            dht, identity, _describe(9100), heartbeat=0.3, bootstrap=[("127.0.0.1", nodes[0].port)]
+        )
+        try:
+            await presence.start()
+            first = await nodes[2].find_node(identity.node_id)
+            assert first is not None and first.url == "http://127.0.0.1:9100"
+            assert first.ttl == pytest.approx(0.9)
+
+            async def refreshed() -> bool:
+                record = await nodes[2].find_node(identity.node_id)
+                return record is not None and record.seq > first.seq
+
+            assert await eventually(refreshed)
+            status = presence.status()
+            assert status["bootstrap_state"] == "joined"
+            assert status["heartbeat"] == 0.3
+            assert status["seq"] >= first.seq + 1
+            assert status["last_heartbeat"] is not None
+            assert status["node_id"] == identity.node_id
+            await presence.stop()
+            for node in nodes:
+                assert identity.node_id not in _ids(await node.find_nodes(MODEL))
+        finally:
+            await presence.stop()
+            await dht.stop()
+
+
+async def test_presence_seq_is_monotonic_across_restarts() -> None:
+    identity = NodeIdentity.generate()
+    seqs = []
+    for _ in range(2):
+        dht = DHTNode(identity, rpc_timeout=RPC_TIMEOUT)
+        await dht.start()
+        presence = Presence(dht, identity, _describe(9200), heartbeat=5.0)
+        try:
+            await presence.start()
+            seqs.append(presence.seq)
+        finally:
+            await presence.stop()
+            await dht.stop()
+    assert seqs[1] > seqs[0]
+
+
+async def test_presence_keeps_retrying_an_unreachable_bootstrap_peer() -> None:
+    # find a free UDP port for a seed that is not up yet
+    probe = DHTNode(NodeIdentity.generate())
+    await probe.start()
+    seed_port = probe.port
+    await probe.stop()
+
+    identity = NodeIdentity.generate()
+    dht = DHTNode(identity, rpc_timeout=RPC_TIMEOUT)
+    await dht.start()
+    presence = Presence(
+        dht, identity, _describe(9300), heartbeat=0.5, bootstrap=[("127.0.0.1", seed_port)]
+    )
+    seed = DHTNode(NodeIdentity.generate(), rpc_timeout=RPC_TIMEOUT)
+    try:
+        await presence.start()  # must neither raise nor wait for the seed
+        assert presence.status()["bootstrap_state"] == "retrying"
+        assert presence.record is not None  # published (locally) all the same
+        await seed.start(port=seed_port)
+
+        async def joined() -> bool:
+            record = await seed.find_node(identity.node_id)
+            return presence.status()["bootstrap_state"] == "joined" and record is not None
+
+        assert await eventually(joined, timeout=15.0)
+        assert presence.status()["bootstrap_attempts"] >= 2
+    finally:
+        await presence.stop()
+        await dht.stop()
+        await seed.stop()
