@@ -47,10 +47,14 @@ def peer(start_node: StartNode, seed: NodeProcess) -> NodeProcess:
 
 
 class RankFirst(NodeSelector):
-    """The real router, except that one node (the one a test breaks) always comes first."""
+    """The real router, except that one node (the one a test breaks) always comes first.
+
+    Its clock stands still, so a cooldown lasts until the test looks at it however slow the
+    shared machine is.
+    """
 
     def __init__(self, first: str) -> None:
-        super().__init__()
+        super().__init__(clock=lambda: 0.0)
         self.first = first
 
     def rank(self, records: Iterable[NodeRecord], **kwargs: Any) -> list[NodeRecord]:
@@ -134,21 +138,6 @@ async def test_concurrent_streams_use_both_nodes(seed: NodeProcess, peer: NodePr
 # --------------------------------------------------------------------------- failures
 
 
-async def test_dead_node_fails_over_and_cools_down(
-    start_node: StartNode, seed: NodeProcess, peer: NodeProcess
-) -> None:
-    victim = start_node(*NODE_ARGS, "--bootstrap", seed.bootstrap)
-    victim_id = node_id(victim)
-    async with LlamaNetClient(nodes=[seed.url], selector=RankFirst(victim_id)) as client:
-        await wait_for_nodes(client, {victim_id, node_id(seed)})
-        await asyncio.to_thread(victim.kill)
-        result = await client.generate("Hello", max_tokens=8)
-        assert result.node_id != victim_id
-        assert client.selector.in_cooldown(victim_id)
-        again = await client.generate("Hello", max_tokens=8)  # no second try on the dead node
-        assert again.node_id != victim_id
-
-
 async def test_busy_node_503_fails_over(start_node: StartNode, seed: NodeProcess) -> None:
     busy = start_node(
         *NODE_ARGS, "--queue-size", "0", "--no-forward", "--bootstrap", seed.bootstrap
@@ -168,6 +157,22 @@ async def test_busy_node_503_fails_over(start_node: StartNode, seed: NodeProcess
         assert result.node_id != busy_id
         assert rejected >= 1  # the client really was turned away with a 503 first
         assert client.selector.in_cooldown(busy_id)
+    await asyncio.to_thread(busy.stop)  # a clean leave (withdrawn from the DHT)
+
+
+async def test_dead_node_fails_over_and_cools_down(
+    start_node: StartNode, seed: NodeProcess, peer: NodeProcess
+) -> None:
+    victim = start_node(*NODE_ARGS, "--bootstrap", seed.bootstrap)
+    victim_id = node_id(victim)
+    async with LlamaNetClient(nodes=[seed.url], selector=RankFirst(victim_id)) as client:
+        await wait_for_nodes(client, {victim_id, node_id(seed)})
+        await asyncio.to_thread(victim.kill)
+        result = await client.generate("Hello", max_tokens=8)
+        assert result.node_id != victim_id
+        assert client.selector.in_cooldown(victim_id)
+        again = await client.generate("Hello", max_tokens=8)  # no second try on the dead node
+        assert again.node_id != victim_id
 
 
 async def test_stream_broken_midway_raises(start_node: StartNode, seed: NodeProcess) -> None:
