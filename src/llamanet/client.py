@@ -470,11 +470,12 @@ class LlamaNetClient:
         await self._shutdown()
 
     async def _shutdown(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
+        for task in (self._refresher, self._refreshing):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._refresher = self._refreshing = None
         if self._dht is not None:
             dht, self._dht = self._dht, None
             with contextlib.suppress(Exception):
