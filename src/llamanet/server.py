@@ -189,6 +189,7 @@ async def _serve(request: Request, model: str | None, max_tokens: int | None,
     node = _node(request)
     gateway = node.gateway if not is_forwarded(request) else None
     engine = _local_engine(request, model)
+    wanted = None if model in (None, "", SWARM_ALIAS) else model  # the alias: any model
     if engine is not None:
         try:
             return await local(engine)
@@ -196,12 +197,12 @@ async def _serve(request: Request, model: str | None, max_tokens: int | None,
             if gateway is None or not gateway.peers():
                 raise
             with contextlib.suppress(APIError):
-                return await gateway.forward(request, model, max_tokens=max_tokens or 0,
+                return await gateway.forward(request, wanted, max_tokens=max_tokens or 0,
                                              reason="local queue full")
             raise
     if gateway is None:
         raise _cannot_serve(request, model)
-    return await gateway.forward(request, model, max_tokens=max_tokens or 0,
+    return await gateway.forward(request, wanted, max_tokens=max_tokens or 0,
                                  reason="model not served here")
 
 
