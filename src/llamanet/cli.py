@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
@@ -61,7 +62,8 @@ def _env(name: str) -> str:
 
 @app.command()
 def pull(
-    home: Annotated[Path | None, typer.Option(help="LlamaNet home (env LLAMANET_HOME).")] = None,
+    home: Annotated[Path | None, typer.Option(help="LlamaNet home (default ~/.llamanet).",
+                                              envvar="LLAMANET_HOME", show_envvar=True)] = None,
 ) -> None:
     """Fetch the default model (SmolLM2-135M-Instruct Q4_1) from PyPI into the models folder."""
     from llamanet.model_store import ModelError, pull_default_model
@@ -114,7 +116,8 @@ def serve_node(settings: NodeSettings) -> None:
 
 
 def _option(help_text: str, env: str) -> Any:
-    return typer.Option(help=f"{help_text} [env: {_env(env)}]", show_default=False)
+    """An option that also reads `LLAMANET_<ENV>` (shown in --help)."""
+    return typer.Option(help=help_text, envvar=_env(env), show_envvar=True, show_default=False)
 
 
 @app.command()
@@ -144,11 +147,11 @@ def node(
     home: Annotated[Path | None, _option("Home for the node key and models (default "
                                          "~/.llamanet).", "home")] = None,
     forward: Annotated[bool | None, typer.Option(
-        "--forward/--no-forward", help="Forward requests this node cannot serve to peers "
-        "[env: LLAMANET_FORWARD].", show_default=False)] = None,
+        "--forward/--no-forward", help="Forward requests this node cannot serve to peers.",
+        envvar="LLAMANET_FORWARD", show_envvar=True, show_default=False)] = None,
     no_model: Annotated[bool | None, typer.Option(
-        "--no-model", help="Hold no model: only route requests into the swarm "
-        "[env: LLAMANET_NO_MODEL].", show_default=False)] = None,
+        "--no-model", help="Hold no model: only route requests into the swarm.",
+        envvar="LLAMANET_NO_MODEL", show_envvar=True, show_default=False)] = None,
     request_timeout: Annotated[float | None, _option("Seconds a request may run before it is "
                                                      "ended with an error (default 600).",
                                                      "request_timeout")] = None,
@@ -163,6 +166,101 @@ def node(
         raise typer.Exit(2) from exc
     setup_logging(settings.log_level)
     serve_node(settings)
+
+
+def _default_model(home: Path | None) -> Path:
+    from llamanet.model_store import resolve_model
+
+    models_dir = (home or default_home()) / "models"
+    bar, update = progress_bar()
+    with bar:
+        return resolve_model(None, models_dir, update)
+
+
+UrlOption = Annotated[str | None, typer.Option("--url", help="A node's URL to reach the swarm "
+                                               "through (default http://127.0.0.1:8000).")]
+BootstrapOption = Annotated[str | None, typer.Option(
+    help="DHT peers host:port[,host:port] to join as a light client [env: LLAMANET_BOOTSTRAP].",
+    envvar="LLAMANET_BOOTSTRAP")]
+
+
+@app.command()
+def demo(
+    nodes: Annotated[int, typer.Option("--nodes", min=1, max=16,
+                                       help="How many nodes to start.")] = 2,
+    once: Annotated[bool, typer.Option(help="Exit after the streamed answer.")] = False,
+    model: Annotated[Path | None, typer.Option(help="GGUF model (default: bundled SmolLM2).")
+                     ] = None,
+    home: Annotated[Path | None, typer.Option(help="Where the demo nodes keep keys and logs "
+                                              "(default: a new temporary folder).")] = None,
+    question: Annotated[str, typer.Option(help="What to ask the swarm.")] = "",
+) -> None:
+    """Start a local swarm on the default model, stream an answer through it, keep it running."""
+    from llamanet.console import DEMO_QUESTION, run_demo
+    from llamanet.launcher import LaunchError
+
+    setup_logging("warning")
+    out = Console()
+    path = model or _default_model(None)
+    try:
+        code = run_demo(path, nodes, once, home, out, question or DEMO_QUESTION)
+    except LaunchError as exc:
+        console.print(f"[red]the demo swarm did not start:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    raise typer.Exit(code)
+
+
+@app.command()
+def chat(
+    url: UrlOption = None,
+    bootstrap: BootstrapOption = None,
+    model: Annotated[str | None, typer.Option(help="Model id (default: any).")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 512,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
+) -> None:
+    """Chat with the swarm in the terminal, answers streamed as they are generated."""
+    from llamanet.console import client_for, interactive_chat
+
+    setup_logging("warning")
+    client = client_for(url, bootstrap, model)
+    asyncio.run(interactive_chat(client, Console(), max_tokens=max_tokens,
+                                 temperature=temperature))
+
+
+@app.command()
+def status(
+    url: UrlOption = None,
+    bootstrap: BootstrapOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show the live nodes of the swarm: models, load, queue, tokens/s."""
+    from llamanet.client import LlamaNetError
+    from llamanet.console import fetch_records, records_json, swarm_table
+
+    setup_logging("warning")
+    try:
+        records = asyncio.run(fetch_records(url, bootstrap))
+    except LlamaNetError as exc:
+        console.print(f"[red]could not reach the swarm:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(records_json(records))
+    else:
+        Console().print(swarm_table(records))
+
+
+@app.command()
+def monitor(
+    url: UrlOption = None,
+    bootstrap: BootstrapOption = None,
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between updates.")] = 1.0,
+) -> None:
+    """The swarm table, updated live until Ctrl-C."""
+    from llamanet.console import monitor as run_monitor
+
+    setup_logging("warning")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_monitor(url, bootstrap, interval, Console()))
 
 
 @app.command()

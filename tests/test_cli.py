@@ -1,0 +1,98 @@
+"""The command line and the node's metrics, run for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from llamanet.model_store import DEFAULT_FILENAME, DEFAULT_SHA256, sha256_of
+
+pytestmark = pytest.mark.model
+
+
+def llamanet(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}  # rich wraps help text at the terminal width
+    return subprocess.run([sys.executable, "-m", "llamanet", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False, env=env)
+
+
+def test_help_lists_every_command() -> None:
+    out = llamanet("--help").stdout
+    for command in ("node", "pull", "demo", "chat", "status", "monitor"):
+        assert command in out
+    node_help = llamanet("node", "--help").stdout
+    assert "LLAMANET_QUEUE_SIZE" in node_help and "--bootstrap" in node_help
+
+
+def test_pull_fetches_verifies_and_is_idempotent(tmp_path: Path) -> None:
+    first = llamanet("pull", "--home", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    path = Path(first.stdout.strip().splitlines()[-1])
+    assert path == tmp_path / "models" / DEFAULT_FILENAME
+    assert path.read_bytes()[:4] == b"GGUF" and sha256_of(path) == DEFAULT_SHA256
+    mtime = path.stat().st_mtime_ns
+    again = llamanet("pull", "--home", str(tmp_path))
+    assert again.returncode == 0 and Path(again.stdout.strip()) == path
+    assert path.stat().st_mtime_ns == mtime  # verified in place, not fetched again
+    assert "Downloading" not in again.stderr
+
+
+def test_demo_once_streams_an_answer_from_a_two_node_swarm(model_path: Path) -> None:
+    run = llamanet("demo", "--once", "--model", str(model_path), "--question", "Say hello.")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "all 2 nodes discovered each other" in run.stdout
+    answer = run.stdout.split("swarm>", 1)[1].split("(node", 1)[0].strip()
+    assert answer
+    assert "OpenAI base URL" in run.stdout and "swarm stopped" in run.stdout
+
+
+def test_status_json_lists_both_nodes(start_node: Any) -> None:
+    a = start_node("--model-id", "smol")
+    b = start_node("--model-id", "smol", "--bootstrap", a.bootstrap)
+    want = {a.get("/info").json()["node_id"], b.get("/info").json()["node_id"]}
+    for _ in range(50):
+        run = llamanet("status", "--url", a.url, "--json")
+        assert run.returncode == 0, run.stderr
+        if {n["node_id"] for n in json.loads(run.stdout)} == want:
+            break
+    else:
+        raise AssertionError(f"status never listed both nodes: {run.stdout}")
+    table = llamanet("status", "--bootstrap", b.bootstrap)
+    assert table.returncode == 0 and a.url in table.stdout and b.url in table.stdout
+
+
+def test_status_reports_an_unreachable_swarm() -> None:
+    run = llamanet("status", "--url", "http://127.0.0.1:9", timeout=60)
+    assert run.returncode == 1 and "could not reach" in run.stderr
+
+
+def _samples(node: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = node.get("/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_parse_and_move(start_node: Any) -> None:
+    node = start_node("--model-id", "smol")
+    before = _samples(node)
+    res = httpx.post(node.url + "/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5})
+    assert res.status_code == 200
+    after = _samples(node)
+    key = ("llamanet_http_requests_total",
+           (("endpoint", "/v1/chat/completions"), ("status", "200")))
+    assert after[key] == before.get(key, 0) + 1
+    tokens = ("llamanet_tokens_generated_total", ())
+    assert after[tokens] == before[tokens] + res.json()["usage"]["completion_tokens"]
+    ttft = ("llamanet_time_to_first_token_seconds_count", ())
+    assert after[ttft] == before[ttft] + 1
+    for gauge in ("llamanet_queue_depth", "llamanet_active_requests", "llamanet_dht_peers"):
+        assert (gauge, ()) in after
