@@ -17,13 +17,11 @@ import asyncio
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -31,51 +29,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _common import PROMPT, Run, free_port, http_run, summarise  # noqa: E402
+
 from llamanet.model_store import default_model_path, pull_default_model  # noqa: E402
-
-PROMPT = "Here is a long story about a dragon who learns to cook.\n\nOnce upon a time,"
-
-
-@dataclass
-class Run:
-    ttft_ms: float
-    tps: float
-    chunks: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def raw_run(llm: object, tokens: int) -> Run:
     start = time.perf_counter()
     times = [time.perf_counter() for chunk in llm.create_completion(  # type: ignore[attr-defined]
         PROMPT, max_tokens=tokens, temperature=0.0, stream=True) if chunk["choices"][0]["text"]]
-    return _summarise(start, times)
-
-
-def _summarise(start: float, times: list[float]) -> Run:
-    if not times:
-        return Run(float("nan"), float("nan"), 0)
-    tps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
-    return Run((times[0] - start) * 1000, tps, len(times))
-
-
-def http_run(base: str, tokens: int) -> Run:
-    body = {"model": "bench", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0.0,
-            "stream": True}
-    times: list[float] = []
-    start = time.perf_counter()
-    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=300) as res:
-        res.raise_for_status()
-        for line in res.iter_lines():
-            if line.startswith("data: {"):
-                choices = json.loads(line[6:])["choices"]
-                if choices and choices[0].get("text"):
-                    times.append(time.perf_counter())
-    return _summarise(start, times)
+    return summarise(start, times)
 
 
 async def concurrent_streams(base: str, n: int, tokens: int) -> int:
@@ -159,7 +122,7 @@ def main() -> None:
             for name, run in runners.items():
                 results[name].append(run())
             print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr)
-        del llm
+        llm.close()
         conc = {"b llamanet node": asyncio.run(concurrent_streams(node_url, 4, 64)),
                 "c llama_cpp.server": asyncio.run(concurrent_streams(peer_url, 4, 64))}
     finally:

@@ -38,8 +38,9 @@ def setup_logging(level: str = "info") -> None:
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level.upper(), format=fmt, datefmt="%H:%M:%S",
                         handlers=[handler], force=True)
-    for noisy in ("uvicorn.access", "kademlia", "rpcudp"):
+    for noisy in ("uvicorn.access", "kademlia", "rpcudp", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("llamanet.ready").setLevel(logging.INFO)
 
 
 def progress_bar() -> tuple[Progress, Any]:
@@ -100,7 +101,7 @@ def serve_node(settings: NodeSettings) -> None:
     sock = bind_socket(settings.host, settings.port)
     settings.port = sock.getsockname()[1]
     node = Node(settings)
-    log = logging.getLogger("llamanet")
+    log = logging.getLogger("llamanet.ready")
     log.info("node %s listening on http://%s:%d (OpenAI base URL http://%s:%d/v1)",
              node.node_id[:12], settings.host, settings.port, settings.host, settings.port)
     config = uvicorn.Config(

@@ -16,6 +16,7 @@ from llamanet.model_store import model_id_for, resolve_model
 from llamanet.protocol import ModelInfo, NodeInfo, NodeRecord, NodeStatus
 
 log = logging.getLogger(__name__)
+announce = logging.getLogger("llamanet.ready")  # addresses: logged whatever the log level
 
 
 def parse_hostport(value: str, default_port: int = 8001) -> tuple[str, int]:
@@ -89,7 +90,7 @@ class Node:
                       s.dht_port, exc)
             self.dht = None
             return
-        log.info("DHT listening on udp %s:%s", s.dht_host or s.host, self.dht.port)
+        announce.info("DHT listening on udp %s:%s", s.dht_host or s.host, self.dht.port)
         peers = [parse_hostport(p) for p in s.bootstrap]
         self.presence = Presence(self.dht, self.identity, self.describe, heartbeat=s.heartbeat,
                                  bootstrap=peers)

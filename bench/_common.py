@@ -1,0 +1,47 @@
+"""Helpers shared by the benchmarks: one streamed request, timed as its consumer sees it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass
+
+import httpx
+
+PROMPT = "Here is a long story about a dragon who learns to cook.\n\nOnce upon a time,"
+
+
+@dataclass
+class Run:
+    ttft_ms: float
+    tps: float
+    chunks: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def summarise(start: float, times: list[float]) -> Run:
+    if not times:
+        return Run(float("nan"), float("nan"), 0)
+    tps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+    return Run((times[0] - start) * 1000, tps, len(times))
+
+
+def http_run(base: str, tokens: int) -> Run:
+    body = {"model": "bench", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0.0,
+            "stream": True}
+    times: list[float] = []
+    start = time.perf_counter()
+    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=300) as res:
+        res.raise_for_status()
+        for line in res.iter_lines():
+            if line.startswith("data: {"):
+                choices = json.loads(line[6:])["choices"]
+                if choices and choices[0].get("text"):
+                    times.append(time.perf_counter())
+    return summarise(start, times)
