@@ -153,6 +153,16 @@ def node(
     no_model: Annotated[bool | None, typer.Option(
         "--no-model", help="Hold no model: only route requests into the swarm.",
         envvar="LLAMANET_NO_MODEL", show_envvar=True, show_default=False)] = None,
+    api_key: Annotated[list[str] | None, _option("API key users must send as 'Authorization: "
+                                                 "Bearer <key>' (repeat for several).",
+                                                 "api_key")] = None,
+    swarm_key: Annotated[str | None, _option("Shared secret of a private swarm: only peers "
+                                             "with it may forward to or from this node.",
+                                             "swarm_key")] = None,
+    rate_limit: Annotated[int | None, _option("Generation requests per minute per client "
+                                              "(0 = unlimited).", "rate_limit")] = None,
+    max_streams: Annotated[int | None, _option("Concurrent generation requests per client "
+                                               "(0 = unlimited).", "max_streams")] = None,
     request_timeout: Annotated[float | None, _option("Seconds a request may run before it is "
                                                      "ended with an error (default 600).",
                                                      "request_timeout")] = None,

@@ -37,14 +37,19 @@ class NodeSettings(BaseSettings):
     bootstrap: Annotated[list[str], NoDecode] = Field(default_factory=list)
     heartbeat: float = 10.0
     forward: bool = True
+    api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    swarm_key: str | None = None
+    rate_limit: int = 0
+    max_streams: int = 0
     log_level: str = "info"
 
-    @field_validator("bootstrap", mode="before")
+    @field_validator("bootstrap", "api_key", mode="before")
     @classmethod
-    def _split_bootstrap(cls, value: object) -> object:
-        """`host:port,host:port` (as typed in a shell or env variable) or a list."""
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+    def _split_list(cls, value: object) -> object:
+        """`a,b` (as typed in a shell or env variable) or a list."""
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list | tuple):
+            return [p.strip() for item in items for p in str(item).split(",") if p.strip()]
         return value
 
     @property

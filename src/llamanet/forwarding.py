@@ -23,15 +23,15 @@ from fastapi.responses import StreamingResponse
 from llamanet.errors import APIError, model_not_found
 from llamanet.protocol import NodeRecord
 from llamanet.router import NodeSelector
+from llamanet.security import FORWARDED_HEADER, SWARM_AUTH_HEADER, swarm_proof
 
 if TYPE_CHECKING:
     from llamanet.node import Node
 
 log = logging.getLogger(__name__)
 
-FORWARDED_HEADER = "X-LlamaNet-Forwarded-By"
 NODE_HEADER = "X-LlamaNet-Node"
-_PASS_REQUEST = ("content-type", "authorization", "accept")
+_PASS_REQUEST = ("content-type", "accept")  # the user's API key is for this node, not its peers
 _PASS_RESPONSE = ("content-type", "retry-after", "x-llamanet-node", "cache-control")
 MAX_ATTEMPTS = 3
 
@@ -109,6 +109,9 @@ class Gateway:
         body = await request.body()
         headers = {k: v for k, v in request.headers.items() if k.lower() in _PASS_REQUEST}
         headers[FORWARDED_HEADER] = self.node.node_id
+        if self.node.settings.swarm_key:
+            headers[SWARM_AUTH_HEADER] = swarm_proof(self.node.settings.swarm_key,
+                                                     self.node.node_id)
         tried: set[str] = set()
         last_error: APIError | None = None
         for _ in range(MAX_ATTEMPTS):

@@ -14,6 +14,7 @@ from llamanet.forwarding import Gateway
 from llamanet.metrics import Metrics
 from llamanet.model_store import model_id_for, resolve_model
 from llamanet.protocol import ModelInfo, NodeInfo, NodeRecord, NodeStatus
+from llamanet.security import swarm_id
 
 log = logging.getLogger(__name__)
 announce = logging.getLogger("llamanet.ready")  # addresses: logged whatever the log level
@@ -44,6 +45,7 @@ class Node:
         self.presence: Any = None
         self.gateway: Gateway | None = None
         self.metrics = Metrics(self)
+        self.swarm = swarm_id(settings.swarm_key)
         self._loading: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -137,6 +139,7 @@ class Node:
             "ttft_ms": round(stats.ttft_ms, 2) if stats else 0.0,
             "version": __version__,
             "started_at": self.started_at,
+            "swarm": self.swarm,
         }
 
     def own_record(self) -> NodeRecord:
@@ -187,7 +190,8 @@ class Node:
                 found = await self.dht.find_nodes(model)
             except Exception as exc:
                 log.warning("DHT lookup failed: %s", exc)
-        found = [r for r in found if r.node_id != self.node_id]  # ours is fresher from memory
+        # ours is fresher from memory; other swarms' records are not ours to route to
+        found = [r for r in found if r.node_id != self.node_id and r.swarm == self.swarm]
         own = self.own_record()
         if own.serves(model) and (own.models or model is None):
             found.append(own)

@@ -346,6 +346,7 @@ class NodeRecord(BaseModel):
     issued_at: float
     ttl: float
     withdrawn: bool = False  # a tombstone: the node left; replaces its earlier records at once
+    swarm: str = ""  # public id of a private swarm (see llamanet.security); "" = the open swarm
     signature: str = ""
 
     def serves(self, model: str | None) -> bool:

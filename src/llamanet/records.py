@@ -49,6 +49,7 @@ _WIRE_KEYS: Final = {
     "issued_at": "o",
     "ttl": "e",
     "withdrawn": "w",
+    "swarm": "x",
     "signature": "g",
 }
 _FIELDS_BY_WIRE_KEY: Final = {short: name for name, short in _WIRE_KEYS.items()}
@@ -109,8 +110,8 @@ def encode_record(record: NodeRecord) -> bytes:
     """The compact wire form (msgpack map with short keys and binary ids)."""
     wire: dict[str, Any] = {}
     for name, value in record.model_dump().items():
-        if name == "withdrawn" and not value:
-            continue
+        if name in ("withdrawn", "swarm") and not value:
+            continue  # defaults stay off the wire
         if name in _HEX_FIELDS:
             try:
                 value = bytes.fromhex(value)

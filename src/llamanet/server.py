@@ -50,6 +50,7 @@ from llamanet.protocol import (
     StreamingRequest,
     Usage,
 )
+from llamanet.security import AccessControl
 from llamanet.streaming import ChatFormat, ChunkFormat, CompletionFormat, NativeFormat, event_stream
 
 log = logging.getLogger("llamanet.http")
@@ -449,10 +450,15 @@ def create_app(node: Node) -> FastAPI:
         """Prometheus metrics."""
         return Response(node.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    endpoints = {route.path for route in app.routes if isinstance(route, APIRoute)}
+    api_paths = {route.path for route in app.routes if isinstance(route, APIRoute)}
+    endpoints = set(api_paths)
     if WEB_DIR.is_dir():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
         endpoints.add("/")
-    app.add_middleware(RequestGuard, max_body_size=node.settings.max_body_size)
+    s = node.settings
+    app.add_middleware(RequestGuard, max_body_size=s.max_body_size)
+    app.add_middleware(AccessControl, api_paths=api_paths, api_keys=s.api_key,
+                       swarm_key=s.swarm_key, rate_limit=s.rate_limit,
+                       max_streams=s.max_streams)
     app.add_middleware(RequestLog, node=node, endpoints=endpoints)
     return app
