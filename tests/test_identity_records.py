@@ -198,3 +198,20 @@ def test_tombstone_supersedes_and_verifies() -> None:
     assert tombstone.seq > record.seq
     assert tombstone.models == record.models
     assert verify_record(encode_record(tombstone)) == tombstone
+
+
+def test_a_new_optional_field_at_its_default_keeps_signatures_valid() -> None:
+    """Rolling upgrades: a newer node's record verifies on an older node while the field it
+    added is unused (defaults stay out of the canonical bytes and off the wire)."""
+
+    class NewerRecord(NodeRecord):
+        region: str = ""
+
+    identity = NodeIdentity.generate()
+    record = sign_record(identity, **_fields())
+    newer = NewerRecord(**record.model_dump())
+    assert canonical_bytes(newer) == canonical_bytes(record)
+    assert verify_record(newer.model_dump(exclude={"region"})) == record
+    used = NewerRecord(**record.model_dump(exclude={"signature"}), region="eu")
+    signed = used.model_copy(update={"signature": identity.sign(canonical_bytes(used)).hex()})
+    assert _reason(signed.model_dump(exclude={"region"})) == "bad_signature"

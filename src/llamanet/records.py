@@ -67,8 +67,13 @@ class InvalidRecord(ValueError):
 
 
 def canonical_bytes(record: NodeRecord) -> bytes:
-    """The bytes a signature covers: compact sorted-key JSON of every field but `signature`."""
-    fields = record.model_dump(mode="json", exclude={"signature"})
+    """The bytes a signature covers: compact sorted-key JSON of every field but `signature`.
+
+    Fields still at their declared default are left out (the verifier restores the same
+    default), so adding an optional field to `NodeRecord` keeps older and newer nodes able to
+    verify each other's records as long as the new field is unused.
+    """
+    fields = record.model_dump(mode="json", exclude={"signature"}, exclude_defaults=True)
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -107,19 +112,18 @@ def remaining_ttl(record: NodeRecord, now: float | None = None) -> float:
 
 
 def encode_record(record: NodeRecord) -> bytes:
-    """The compact wire form (msgpack map with short keys and binary ids)."""
+    """The compact wire form: a msgpack map with short keys (a field without one travels under
+    its own name), binary ids, and fields at their default left out."""
     wire: dict[str, Any] = {}
-    for name, value in record.model_dump().items():
-        if name in ("withdrawn", "swarm") and not value:
-            continue  # defaults stay off the wire
+    for name, value in record.model_dump(exclude_defaults=True).items():
         if name in _HEX_FIELDS:
             try:
                 value = bytes.fromhex(value)
             except ValueError as exc:
                 raise InvalidRecord("malformed", f"{name} is not hex") from exc
         elif name == "models":
-            value = [[m["id"], m["n_ctx"], m["quantization"]] for m in value]
-        wire[_WIRE_KEYS[name]] = value
+            value = [[m["id"], m["n_ctx"], m.get("quantization")] for m in value]
+        wire[_WIRE_KEYS.get(name, name)] = value
     return msgpack.packb(wire, use_bin_type=True)
 
 
@@ -133,7 +137,9 @@ def decode_record(data: bytes) -> NodeRecord:
         for short, value in wire.items():
             name = _FIELDS_BY_WIRE_KEY.get(short)
             if name is None:
-                continue  # a newer peer's field: the signature check decides
+                if short not in NodeRecord.model_fields:
+                    continue  # a newer peer's field: the signature check decides
+                name = short
             if name in _HEX_FIELDS:
                 if not isinstance(value, bytes):
                     raise TypeError(f"{name} must be bytes")
