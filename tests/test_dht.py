@@ -13,7 +13,7 @@ import pytest
 from kademlia.node import Node
 
 from llamanet.dht import DHTNode, Presence, RecordStorage
-from llamanet.dht.keys import digest, model_key, node_key
+from llamanet.dht.keys import digest, model_key
 from llamanet.identity import NodeIdentity
 from llamanet.protocol import ModelInfo, NodeRecord
 from llamanet.records import canonical_bytes, encode_record, make_tombstone, sign_record

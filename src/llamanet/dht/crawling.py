@@ -11,10 +11,10 @@ closer nodes, every remaining one of the k closest is asked at once (the stock "
 from __future__ import annotations
 
 import asyncio
-import heapq
+import bisect
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,9 @@ MAX_PAGES = 16  # `get` pages asked of one peer in one lookup (each up to ~7 KiB
 
 
 class IndexedNodeHeap(NodeHeap):
-    """`NodeHeap` with O(1) membership; a node removed as unresponsive is never re-added."""
+    """`NodeHeap` kept as a sorted list (a valid heap) with O(1) membership, so iterating the
+    nearest is a slice instead of a `heapq.nsmallest`; a node removed as unresponsive is never
+    re-added."""
 
     def __init__(self, node: Node, maxsize: int) -> None:
         super().__init__(node, maxsize)
@@ -43,17 +45,21 @@ class IndexedNodeHeap(NodeHeap):
         self._removed: set[bytes] = set()
 
     def push(self, nodes: Node | list[Node]) -> None:
+        target = self.node.long_id
         for node in nodes if isinstance(nodes, list) else [nodes]:
             if node.id in self._ids or node.id in self._removed:
                 continue
             self._ids.add(node.id)
-            heapq.heappush(self.heap, (self.node.distance_to(node), node))
+            bisect.insort(self.heap, (node.long_id ^ target, node))
 
     def remove(self, peers: Iterable[bytes]) -> None:
         peers = set(peers)
         self._removed |= peers
         self._ids -= peers
-        super().remove(peers)
+        self.heap = [item for item in self.heap if item[1].id not in peers]
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter([node for _, node in self.heap[: self.maxsize]])
 
     def __contains__(self, node: object) -> bool:
         return isinstance(node, Node) and node.id in self._ids

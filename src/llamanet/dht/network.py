@@ -36,7 +36,7 @@ RCVBUF_BYTES: Final = 4 << 20  # bursts of ~8 KiB replies overflow the default 2
 MAINTENANCE_EVERY: Final = 2.0
 PROBE_EVERY: Final = 30.0  # ping contacts not heard from in PROBE_EVERY * 2
 PROBES_PER_ROUND: Final = 8
-REPLICAS_FRESH_FOR: Final = 30.0  # re-run the node lookup for a key's replicas this often
+REPLICAS_FRESH_FOR: Final = 60.0  # re-run the node lookup for a key's replicas this often
 
 
 class RecordServer(Server):
@@ -185,7 +185,7 @@ class DHTNode:
         self._host, self._port = host, sockname[1]
         self._maintenance = asyncio.create_task(self._maintain())
         log.info(
-            "DHT %s listening on %s:%d%s",
+            "dht node %s bound to udp %s:%d%s",
             self.node_id[:12],
             host,
             self._port,
@@ -268,18 +268,14 @@ class DHTNode:
         nodes = await self._replica_nodes(dkey)
         if not nodes:
             return
-        results = await asyncio.gather(
-            *(self.protocol.call_put(node, dkey, [entry]) for node in nodes)
-        )
-        if sum(ok for ok, _ in results) * 2 < len(results):
-            self._replicas.pop(dkey, None)  # many replicas gone: look them up afresh next time
+        acks = await self.protocol.put_many(nodes, dkey, [entry])
+        if acks < len(nodes):
+            self._replicas.pop(dkey, None)  # a replica is gone: look them up afresh next time
 
     async def _replica_nodes(self, dkey: bytes) -> list[Node]:
         cached = self._replicas.get(dkey)
         if cached is not None and time.monotonic() - cached[1] < REPLICAS_FRESH_FOR:
-            nodes = [n for n in cached[0] if not self.protocol.is_dead((n.ip, n.port))]
-            if len(nodes) * 2 >= len(cached[0]):
-                return nodes
+            return cached[0]
         nodes = await self._server.closest_nodes(dkey)
         if nodes:
             self._replicas[dkey] = (nodes, time.monotonic())

@@ -81,6 +81,7 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
         self.ksize = ksize
         self.light = light
         self._welcomed: dict[bytes, float] = {}
+        self._confirmed: dict[bytes, tuple[str, int, float]] = {}  # id -> ip, port, when
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -209,6 +210,18 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
             result = (False, None)
         return self.handle_call_response(result, node_to_ask)
 
+    async def put_many(self, nodes: list[Node], key: bytes, entries: list[WireEntry]) -> int:
+        """`put` to several nodes at once (plain futures, no task per call); how many took it."""
+        futures = [
+            self.call(self._address(node), "put", self.wire_id, key, entries) for node in nodes
+        ]
+        acks = 0
+        for node, result in zip(nodes, await asyncio.gather(*futures), strict=True):
+            ok = result[0] and isinstance(result[1], int) and not isinstance(result[1], bool)
+            self.handle_call_response(result if ok else (False, None), node)
+            acks += ok
+        return acks
+
     async def call_store(self, node_to_ask: Node, key: bytes, value: Any) -> CallResult:
         """The stock name, carried over `put` (values are lists of wire entries)."""
         return await self.call_put(node_to_ask, key, list(value))
@@ -235,6 +248,7 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
         if result[0]:
             self.welcome_if_new(node)
         else:
+            self._confirmed.pop(node.id, None)
             self.router.remove_contact(node)
         return result
 
@@ -247,6 +261,15 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
         targeted the wrong ids); a contact that changed address is updated; a newcomer sitting in
         a full bucket's replacement list is not handed everything again on each message.
         """
+        now = time.monotonic()
+        confirmed = self._confirmed.get(node.id)
+        if (
+            confirmed is not None
+            and now - confirmed[2] < RECENTLY_SEEN
+            and confirmed[:2] == (node.ip, node.port)
+        ):
+            return  # fast path: handled moments ago (this runs on every message)
+        self._confirmed[node.id] = (node.ip, node.port, now)
         bucket = self.router.buckets[self.router.get_bucket_for(node)]
         known = bucket.nodes.get(node.id)
         if known is not None:
@@ -254,7 +277,6 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
                 bucket.add_node(node)  # restarted on a new port: keep the live address
             return
         if not self.light and self.storage.data:
-            now = time.monotonic()
             if now - self._welcomed.get(node.id, -WELCOME_AGAIN_AFTER) >= WELCOME_AGAIN_AFTER:
                 self._welcomed[node.id] = now
                 keys = self._keys_for_newcomer(node)
@@ -296,3 +318,6 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
         cutoff = time.monotonic() - WELCOME_AGAIN_AFTER
         for node_id in [n for n, at in self._welcomed.items() if at < cutoff]:
             del self._welcomed[node_id]
+        cutoff = time.monotonic() - RECENTLY_SEEN
+        for node_id in [n for n, c in self._confirmed.items() if c[2] < cutoff]:
+            del self._confirmed[node_id]

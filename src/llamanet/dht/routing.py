@@ -31,13 +31,22 @@ class ExactRoutingTable(RoutingTable):
     ) -> list[Node]:
         k = k or self.ksize
         target = node.long_id
-        is_dead = self.protocol.is_dead
-        candidates = [
-            contact
+        ranked = [
+            (contact.long_id ^ target, contact)
             for bucket in self.buckets
             for contact in bucket.nodes.values()
-            if contact.id != node.id
-            and (exclude is None or not contact.same_home_as(exclude))
-            and not is_dead((contact.ip, contact.port))
         ]
-        return heapq.nsmallest(k, candidates, key=lambda contact: contact.long_id ^ target)
+        # distances are unique (ids are), so the tuples never compare two Nodes
+        nearest = heapq.nsmallest(k + 2, ranked)
+        out = [contact for _, contact in nearest if self._usable(contact, node, exclude)]
+        if len(out) < k and len(nearest) < len(ranked):  # many filtered out: rank them all
+            ranked.sort()
+            out = [contact for _, contact in ranked if self._usable(contact, node, exclude)]
+        return out[:k]
+
+    def _usable(self, contact: Node, target: Node, exclude: Node | None) -> bool:
+        return (
+            contact.id != target.id
+            and (exclude is None or not contact.same_home_as(exclude))
+            and not self.protocol.is_dead((contact.ip, contact.port))
+        )
