@@ -84,7 +84,10 @@ def pull(
 def bind_socket(host: str, port: int) -> socket.socket:
     """Binds the HTTP socket up front so `--port 0` can log (and publish) the real port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must be IPPROTO_TCP (not 0): asyncio only disables Nagle (TCP_NODELAY) on accepted
+    # sockets whose proto says TCP; without it every keep-alive response waits ~40 ms for a
+    # delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)

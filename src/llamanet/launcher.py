@@ -114,7 +114,13 @@ def wait_healthy(node: NodeProcess, timeout: float = 120.0) -> NodeProcess:
 
 
 def launch_node(args: Sequence[str], home: Path, **kw: Any) -> NodeProcess:
-    return wait_healthy(spawn_node(args, home, **kw))
+    """Spawns a node and waits for it; a node that fails to come up is not left running."""
+    node = spawn_node(args, home, **kw)
+    try:
+        return wait_healthy(node)
+    except BaseException:
+        node.kill()
+        raise
 
 
 def wait_for_swarm(nodes: Sequence[NodeProcess], timeout: float = 60.0) -> None:
