@@ -8,6 +8,7 @@ network view, readable errors. Never wall-clock speed.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,11 @@ import pytest
 from llamanet.launcher import NodeProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshot.png"
+# The README's picture is refreshed with LLAMANET_UPDATE_SCREENSHOT=1; other runs write it to
+# test-artifacts/ (ignored by git) so a test run leaves the work tree clean.
+_ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOT = (_ROOT / "docs" if os.environ.get("LLAMANET_UPDATE_SCREENSHOT") else
+              _ROOT / "test-artifacts") / "screenshot.png"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
