@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-node bench-dht bench-gateway install clean
+.PHONY: demo test lint bench bench-node bench-dht bench-gateway bench-load fuzz install clean
 
 install: $(STAMP)
 
@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/llamanet demo
 
 test: $(STAMP)
+	@scripts/ensure-chromium
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m pytest -p no:cacheprovider
 
