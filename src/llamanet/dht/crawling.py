@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+QUORUM = 0.75  # share of the k closest whose answers end a lookup after a short grace
+MAX_ENTRIES_PER_REPLY = 64  # an honest page holds ~30 (7 KiB); more is a peer wasting our CPU
 MAX_PAGES = 16  # `get` pages asked of one peer in one lookup (each up to ~7 KiB of records)
 
 
@@ -96,6 +98,13 @@ class WindowedCrawl(SpiderCrawl):
             log.debug("query to %s failed: %r", peer, exc)
             return None
 
+    def _quorum_answered(self) -> bool:
+        """Most of the k closest have answered: the rest get only a short grace period
+        (every record lives on about k peers, so a few silent ones lose nothing)."""
+        nearest = [node.id for node in self.nearest]
+        answered = sum(node_id in self.responded for node_id in nearest)
+        return answered >= QUORUM * len(nearest)
+
     def _closest_id(self) -> bytes | None:
         for node in self.nearest:
             return node.id
@@ -113,12 +122,14 @@ class WindowedCrawl(SpiderCrawl):
             for peer in uncontacted[: max(0, budget)]:
                 self.nearest.mark_contacted(peer)
                 pending[asyncio.ensure_future(self._ask(peer))] = peer
-            if len(pending) == len(slow) and len(uncontacted) <= max(0, budget):
+            all_asked = len(uncontacted) <= max(0, budget)
+            if len(pending) == len(slow) and all_asked:
                 break  # nothing left to ask; whatever is still out is a straggler
+            timeout = self.protocol.straggler_timeout()
+            if all_asked and self._quorum_answered():
+                timeout = min(timeout, self.protocol.grace_timeout())
             done, _ = await asyncio.wait(
-                pending,
-                timeout=self.protocol.straggler_timeout(),
-                return_when=asyncio.FIRST_COMPLETED,
+                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
                 slow.update(pending)
@@ -191,15 +202,17 @@ class RecordCrawl(WindowedCrawl, ValueSpiderCrawl):
             page_nodes, entries, more = reply
             if nodes is None:
                 nodes = page_nodes
-            self.merge(entries)
-            if not more or not entries:
-                break
+            rejected = self.merge(entries)
+            if not more or not entries or rejected:
+                break  # an honest peer validated what it holds: no more pages from a liar
         return nodes
 
-    def merge(self, entries: list[Any]) -> None:
+    def merge(self, entries: list[Any]) -> int:
+        """Merge `[wire, remaining ttl]` entries; returns how many were invalid."""
         now = time.monotonic()
         validator = self.validator
-        for item in entries:
+        before = validator.rejected.total()
+        for item in entries[:MAX_ENTRIES_PER_REPLY]:
             if not isinstance(item, list | tuple) or len(item) != 2:
                 validator.reject("malformed", "entry is not [record, ttl]")
                 continue
@@ -228,6 +241,7 @@ class RecordCrawl(WindowedCrawl, ValueSpiderCrawl):
                 self._by_wire.pop(current.wire, None)
             self.found[record.node_id] = Found(record, wire, now + min(ttl, record.ttl))
             self._by_wire[wire] = record.node_id
+        return validator.rejected.total() - before
 
     async def find(self) -> dict[str, Found]:  # type: ignore[override]
         await self._crawl()

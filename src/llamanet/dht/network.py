@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 RCVBUF_BYTES: Final = 4 << 20  # bursts of ~8 KiB replies overflow the default 208 KiB buffer
 MAINTENANCE_EVERY: Final = 2.0
-PROBE_EVERY: Final = 30.0  # ping contacts not heard from in PROBE_EVERY * 2
+PROBE_EVERY: Final = 10.0  # ping up to PROBES_PER_ROUND contacts not heard from in STALE_AFTER
 PROBES_PER_ROUND: Final = 8
+STALE_AFTER: Final = 30.0
 REPLICAS_FRESH_FOR: Final = 60.0  # re-run the node lookup for a key's replicas this often
 
 
@@ -353,7 +354,7 @@ class DHTNode:
         stale = [
             node
             for node in protocol.router.contacts()
-            if now - protocol.last_seen.get((node.ip, node.port), 0.0) > 2 * PROBE_EVERY
+            if now - protocol.last_seen.get((node.ip, node.port), 0.0) > STALE_AFTER
         ]
         stale.sort(key=lambda node: protocol.last_seen.get((node.ip, node.port), 0.0))
         await asyncio.gather(*(protocol.call_ping(node) for node in stale[:PROBES_PER_ROUND]))

@@ -37,6 +37,7 @@ HAVE_MAX: Final = 400  # entries in a `have` set (16 bytes each)
 MAX_NODES_IN_REPLY: Final = 64
 RECENTLY_SEEN: Final = 10.0  # a peer heard from this recently needs no liveness ping
 WELCOME_AGAIN_AFTER: Final = 600.0  # hand stored records to the same newcomer at most this often
+SPAN_FRESH_FOR: Final = 10.0  # how long a stored key's neighbourhood is reused for newcomers
 _HAVE_ITEM = struct.Struct(">8sQ")
 
 
@@ -82,6 +83,8 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
         self.light = light
         self._welcomed: dict[bytes, float] = {}
         self._confirmed: dict[bytes, tuple[str, int, float]] = {}  # id -> ip, port, when
+        # stored key -> (distance of the closest and of the k-th closest contact, when computed)
+        self._spans: dict[bytes, tuple[int | None, int | None, float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -276,25 +279,39 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
             if (known.ip, known.port) != (node.ip, node.port):
                 bucket.add_node(node)  # restarted on a new port: keep the live address
             return
-        if not self.light and self.storage.data:
-            if now - self._welcomed.get(node.id, -WELCOME_AGAIN_AFTER) >= WELCOME_AGAIN_AFTER:
-                self._welcomed[node.id] = now
-                keys = self._keys_for_newcomer(node)
-                if keys:
-                    self._spawn(self._hand_over(node, keys))
         self.router.add_contact(node)
+        if self.light or not self.storage.data:
+            return
+        if node.id not in self.router.buckets[self.router.get_bucket_for(node)].nodes:
+            return  # parked in a full bucket's replacement list: far from us and what we hold
+        if now - self._welcomed.get(node.id, -WELCOME_AGAIN_AFTER) < WELCOME_AGAIN_AFTER:
+            return
+        self._welcomed[node.id] = now
+        keys = self._keys_for_newcomer(node, now)
+        if keys:
+            self._spawn(self._hand_over(node, keys))
 
-    def _keys_for_newcomer(self, node: Node) -> list[bytes]:
+    def _keys_for_newcomer(self, node: Node, now: float) -> list[bytes]:
+        """Stored keys for which `node` is among the k closest and we are the closest holder."""
         keys = []
         for key in list(self.storage.data):
-            keynode = Node(key)
-            neighbors = self.router.find_neighbors(keynode)
-            if neighbors:
-                farthest = neighbors[-1].distance_to(keynode)
-                if len(neighbors) >= self.ksize and node.distance_to(keynode) >= farthest:
-                    continue  # the newcomer is not among the k closest
-                if self.source_node.distance_to(keynode) > neighbors[0].distance_to(keynode):
-                    continue  # a closer holder will hand it over
+            span = self._spans.get(key)
+            if span is None or now - span[2] > SPAN_FRESH_FOR:
+                keynode = Node(key)
+                neighbors = self.router.find_neighbors(keynode, exclude=node)
+                full = len(neighbors) >= self.ksize
+                span = (
+                    neighbors[0].distance_to(keynode) if neighbors else None,
+                    neighbors[-1].distance_to(keynode) if full else None,
+                    now,
+                )
+                self._spans[key] = span
+            closest, farthest, _ = span
+            target = int.from_bytes(key, "big")
+            if farthest is not None and node.long_id ^ target >= farthest:
+                continue  # the newcomer is not among the k closest
+            if closest is not None and self.source_node.long_id ^ target > closest:
+                continue  # a closer holder will hand it over
             keys.append(key)
         return keys
 
@@ -321,3 +338,5 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
         cutoff = time.monotonic() - RECENTLY_SEEN
         for node_id in [n for n, c in self._confirmed.items() if c[2] < cutoff]:
             del self._confirmed[node_id]
+        for key in [k for k in self._spans if k not in self.storage.data]:
+            del self._spans[key]

@@ -34,6 +34,7 @@ MAX_REQUEST_BYTES: Final = 8192  # rpcudp's cap on a request, kept for compatibi
 DEAD_FOR: Final = 30.0  # seconds a peer that timed out is skipped; doubles on repeats
 DEAD_FOR_MAX: Final = 600.0
 MIN_STRAGGLER: Final = 0.1  # never give up on a reply sooner than this
+MIN_GRACE: Final = 0.025  # a lookup that has its quorum waits at least this for the rest
 
 
 class MsgpackRPCProtocol(RPCProtocol):
@@ -191,3 +192,9 @@ class MsgpackRPCProtocol(RPCProtocol):
         if self.srtt is None:
             return self._wait_timeout
         return min(self._wait_timeout, max(MIN_STRAGGLER, self.srtt + 4 * self.rttvar))
+
+    def grace_timeout(self) -> float:
+        """How long a lookup that already has most answers waits for the others."""
+        if self.srtt is None:
+            return MIN_GRACE
+        return min(self.straggler_timeout(), max(MIN_GRACE, 2 * self.srtt))

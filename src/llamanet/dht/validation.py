@@ -30,7 +30,7 @@ def read_ttl(value: object) -> float:
 class RecordValidator:
     """Decodes and verifies wire records, counting every rejection by reason."""
 
-    def __init__(self, cache_size: int = 1024) -> None:
+    def __init__(self, cache_size: int = 512) -> None:
         self.rejected: Counter[str] = Counter()
         self._cache: OrderedDict[bytes, NodeRecord] = OrderedDict()
         self._cache_size = cache_size
