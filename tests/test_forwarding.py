@@ -84,7 +84,8 @@ def test_saturated_node_forwards_instead_of_503(swarm: dict[str, Any]) -> None:
     with httpx.Client(timeout=60) as client, client.stream(
             "POST", a.url + "/v1/chat/completions", json=body) as running:
         assert running.headers["x-llamanet-node"] == node_id(a)
-        next(running.iter_lines())
+        lines = running.iter_lines()  # held: a dropped iterator closes the connection
+        next(lines)
         a.wait_until(lambda s: s["active"] == 1)  # A is full: queue size 0
         res = httpx.post(a.url + "/v1/chat/completions", timeout=60,
                          json={**body, "stream": False, "max_tokens": 4})

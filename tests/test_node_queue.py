@@ -82,9 +82,10 @@ def test_disconnect_while_queued_releases_the_slot(node: Any) -> None:
 def test_disconnect_during_non_streaming_request_cancels_it(node: Any) -> None:
     node.wait_until(idle)
     before = node.status()
-    body = {**LONG, "stream": False}
+    # counting at temperature 0 never meets an end-of-sequence: it would run to 1500 tokens
+    body = {"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 1500, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(node.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(
+        httpx.post(node.url + "/v1/completions", json=body, timeout=httpx.Timeout(
             30, read=1.0))
     after = node.wait_until(lambda s: idle(s)
                             and s["requests_cancelled"] > before["requests_cancelled"])
@@ -93,10 +94,11 @@ def test_disconnect_during_non_streaming_request_cancels_it(node: Any) -> None:
 
 def test_mid_stream_failure_is_an_error_event_not_a_truncation(start_node: Any) -> None:
     """A stream that outlives the node's request timeout ends with an error the SDK raises."""
-    slow = start_node("--request-timeout", "1", "--model-id", "smol")
+    slow = start_node("--request-timeout", "0.5", "--model-id", "smol")
     sdk = openai.OpenAI(base_url=slow.url + "/v1", api_key="none", max_retries=0)
-    stream = sdk.chat.completions.create(model="smol", messages=LONG["messages"],
-                                         max_tokens=1500, stream=True)
+    stream = sdk.chat.completions.create(
+        model="smol", messages=[{"role": "user", "content": "Count from 1 to 1000: 1, 2, 3,"}],
+        max_tokens=1500, temperature=0, stream=True)
     received = []
     with pytest.raises(openai.APIError) as err:
         for chunk in stream:

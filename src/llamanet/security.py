@@ -89,19 +89,17 @@ class AccessControl:
         try:
             peer = self._check_peer(headers)
             client = None if peer else self._check_user(headers, scope)
-            if client is not None and scope["path"] in GENERATION_PATHS:
-                self._check_rate(client)
         except APIError as exc:
             await exc.response()(scope, receive, send)
             return
-        if client is None or scope["path"] not in GENERATION_PATHS or not self.max_streams:
+        if client is None or scope["path"] not in GENERATION_PATHS:
             await self.app(scope, receive, send)
             return
-        if self.open_streams[client] >= self.max_streams:
-            await APIError(429, f"Too many concurrent requests from this client (limit "
-                           f"{self.max_streams}); wait for one to finish.",
-                           code="concurrency_limit_exceeded",
-                           headers={"Retry-After": "1"}).response()(scope, receive, send)
+        try:  # a request refused for concurrency does not use up the client's rate
+            self._check_concurrency(client)
+            self._check_rate(client)
+        except APIError as exc:
+            await exc.response()(scope, receive, send)
             return
         self.open_streams[client] += 1
         try:
@@ -110,6 +108,12 @@ class AccessControl:
             self.open_streams[client] -= 1
             if self.open_streams[client] <= 0:
                 del self.open_streams[client]
+
+    def _check_concurrency(self, client: str) -> None:
+        if self.max_streams and self.open_streams[client] >= self.max_streams:
+            raise APIError(429, f"Too many concurrent requests from this client (limit "
+                           f"{self.max_streams}); wait for one to finish.",
+                           code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
 
     def _check_peer(self, headers: dict[str, str]) -> bool:
         """True for a forwarded request proven to come from this private swarm."""
