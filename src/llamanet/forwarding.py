@@ -43,10 +43,11 @@ def is_forwarded(request: Request) -> bool:
 class Gateway:
     """Picks peers for requests this node will not serve itself and proxies them."""
 
-    def __init__(self, node: Node, *, refresh_interval: float = 2.0) -> None:
+    def __init__(self, node: Node, *, refresh_interval: float | None = None) -> None:
         self.node = node
         self.selector = NodeSelector()
-        self.refresh_interval = refresh_interval
+        # twice per heartbeat: a record (ttl = 3 heartbeats) is never missed, lookups stay rare
+        self.refresh_interval = refresh_interval or max(0.5, node.settings.heartbeat / 2)
         self.records: list[NodeRecord] = []
         self.refreshed_at = 0.0
         self._http = httpx.AsyncClient(
@@ -77,6 +78,11 @@ class Gateway:
         self.records = await self.node.find_nodes()
         self.refreshed_at = time.monotonic()
         return self.records
+
+    def recent(self) -> list[NodeRecord] | None:
+        """The cached records if the last refresh is recent enough to answer from."""
+        fresh = time.monotonic() - self.refreshed_at <= 2 * self.refresh_interval
+        return self.records if fresh and self.records else None
 
     def peers(self) -> list[NodeRecord]:
         return [r for r in self.records if r.node_id != self.node.node_id and not r.withdrawn]

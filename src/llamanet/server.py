@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamanet._version import __version__
@@ -60,13 +61,56 @@ NODE_HEADER = "X-LlamaNet-Node"
 SWARM_ALIAS = "llamanet"
 WEB_DIR = Path(__file__).parent / "web"
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 503)
+
+
+def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    doc: dict[str, Any] = {"model": ErrorResponse, "description": description}
+    if retry_after:
+        doc["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                          "required": True, "schema": {"type": "integer"}}}
+    return doc
+
+
+# Every error has the OpenAI shape (`errors.py`), and invalid input is a 400, never FastAPI's 422:
+# "4XX" documents the rarer client errors (405, ...) and keeps FastAPI from adding a 422.
+_COMMON: dict[int | str, dict[str, Any]] = {
+    401: _error("Missing or invalid API key (a node started with `--api-key`)."),
+    "4XX": _error("Any other client error."),
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {  # the generation routes
+    **_COMMON,
+    400: _error("Invalid request: malformed JSON, a wrong type or value, or a prompt plus "
+                "max_tokens beyond the model's context length."),
+    403: _error("A forwarded request without a valid private-swarm proof."),
+    404: _error("No node in the swarm serves the model."),
+    413: _error("The body is larger than the node's limit."),
+    415: _error("The body is not JSON."),
+    429: _error("A per-client rate or concurrency limit was reached.", retry_after=True),
+    500: _error("The generation failed."),
+    502: _error("The peer node the request was forwarded to failed."),
+    503: _error("The queue is full, the model is loading, or no node has room.",
+                retry_after=True),
+    504: _error("The request ran longer than the node's request timeout."),
+}
+_SSE_EVENTS: dict[str, Any] = {
+    "description": "Server-Sent Events: one JSON chunk per event (`chat.completion.chunk`, "
+                   "`text_completion` or the native `StreamingChunk`), the last one with a "
+                   "`finish_reason`, then `data: [DONE]`; a failure after the start is one "
+                   "`{\"error\": {...}}` event and the end of the stream.",
+    "itemSchema": {"type": "object", "required": ["data"], "properties": {
+        "data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0}}},
 }
 # Streaming routes return an `EventSourceResponse` themselves (admission must be able to fail with
 # a real status first), so their 200 is documented here rather than through response_class.
 _SSE: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Server-Sent Events", "content": {"text/event-stream": {}}}, **_ERRORS,
+    200: {"description": "Server-Sent Events", "content": {"text/event-stream": _SSE_EVENTS}},
+    **_ERRORS,
+}
+_JSON_OR_SSE: dict[int | str, dict[str, Any]] = {  # `stream: true` answers with events
+    200: {"description": "The completion, or Server-Sent Events with `stream: true`",
+          "content": {"text/event-stream": _SSE_EVENTS}},
+    **_ERRORS,
 }
 
 
@@ -154,6 +198,27 @@ class RequestGuard:
     def _too_large(self) -> APIError:
         return APIError(413, f"The request body is larger than {self.max_body_size} bytes.",
                         code="request_too_large")
+
+
+class WebUI:
+    """The static web UI mounted at `/`; an API path asked with a method it does not take gets an
+    OpenAI-shaped 405 with `Allow` (the mount would otherwise catch it: a 404, or `Allow: GET`)."""
+
+    def __init__(self, app: FastAPI, directory: Path) -> None:
+        self.routes = [route for route in app.routes if isinstance(route, APIRoute)]
+        self.files = StaticFiles(directory=directory, html=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in self.routes:
+                if route.matches(scope)[0] == Match.PARTIAL:  # the path, not the method
+                    allow = ", ".join(sorted(route.methods))
+                    error = APIError(405, f"{scope['method']} is not allowed on {scope['path']}; "
+                                     f"use {allow}.", code="method_not_allowed",
+                                     headers={"Allow": allow})
+                    await error.response()(scope, receive, send)
+                    return
+        await self.files(scope, receive, send)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -291,7 +356,8 @@ def _usage(result: GenerationResult) -> Usage:
 
 
 def _add_openai_routes(app: FastAPI) -> None:
-    @app.get("/v1/models", response_model=ModelList, tags=["openai"])
+    @app.get("/v1/models", response_model=ModelList, tags=["openai"],
+             responses={**_COMMON, 400: _error("Invalid query parameter.")})
     async def list_models(request: Request, local: bool = False) -> ModelList:
         """Every model in the swarm, once, with how many nodes serve it (`?local=1`: this node's).
         """
@@ -322,18 +388,20 @@ def _add_openai_routes(app: FastAPI) -> None:
 
         return await _serve(request, body.model, body.token_budget(), local)
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS,
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_JSON_OR_SSE,
               tags=["openai"])
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         """OpenAI chat completions; `stream: true` answers with Server-Sent Events."""
         return await chat(request, body, body.stream)
 
-    @app.post("/v1/chat/completions/stream", responses=_SSE, tags=["openai"])
+    @app.post("/v1/chat/completions/stream", responses=_SSE, response_class=Response,
+              tags=["openai"])
     async def chat_completions_stream(request: Request, body: ChatCompletionRequest) -> Response:
         """Always-streaming chat completions (the chunk format of `stream: true`)."""
         return await chat(request, body, True)
 
-    @app.post("/v1/completions", response_model=Completion, responses=_ERRORS, tags=["openai"])
+    @app.post("/v1/completions", response_model=Completion, responses=_JSON_OR_SSE,
+              tags=["openai"])
     async def completions(request: Request, body: CompletionRequest) -> Response:
         async def local(engine: LlamaEngine) -> Response:
             job = await _admit(engine, _sampling(body, body.max_tokens),
@@ -372,7 +440,7 @@ def _add_native_routes(app: FastAPI) -> None:
 
         return await _serve(request, body.model, body.max_tokens, local)
 
-    @app.post("/generate/stream", responses=_SSE, tags=["native"])
+    @app.post("/generate/stream", responses=_SSE, response_class=Response, tags=["native"])
     async def generate_stream(request: Request, body: StreamingRequest) -> Response:
         """Server-Sent Events of `StreamingChunk`, ending with `data: [DONE]`."""
 
@@ -382,15 +450,16 @@ def _add_native_routes(app: FastAPI) -> None:
 
         return await _serve(request, body.model, body.max_tokens, local)
 
-    @app.get("/status", response_model=NodeStatus, tags=["native"])
+    @app.get("/status", response_model=NodeStatus, tags=["native"], responses=_COMMON)
     async def status(request: Request) -> NodeStatus:
         return _node(request).status()
 
-    @app.get("/info", response_model=NodeInfo, tags=["native"])
+    @app.get("/info", response_model=NodeInfo, tags=["native"], responses=_COMMON)
     async def info(request: Request) -> NodeInfo:
         return _node(request).info()
 
-    @app.get("/health", tags=["native"], responses={503: {"model": ErrorResponse}})
+    @app.get("/health", tags=["native"], responses={
+        503: _error("The model is loading or failed to load."), "4XX": _COMMON["4XX"]})
     async def health(request: Request) -> dict[str, Any]:
         node = _node(request)
         if node.load_error is not None:
@@ -401,13 +470,17 @@ def _add_native_routes(app: FastAPI) -> None:
                            headers={"Retry-After": "2"})
         return {"status": "ok", "node_id": node.node_id, "version": __version__}
 
-    @app.get("/nodes", response_model=NodeList, tags=["swarm"])
+    @app.get("/nodes", response_model=NodeList, tags=["swarm"], responses=_COMMON)
     async def nodes(request: Request, model: str | None = None) -> NodeList:
         """Live node records found through the DHT (this node included)."""
-        return NodeList(nodes=await _node(request).find_nodes(model))
+        node = _node(request)
+        cached = node.gateway.recent() if node.gateway is not None and model is None else None
+        if cached is not None:  # refreshed in the background: no DHT lookup per UI poll
+            return NodeList(nodes=cached)
+        return NodeList(nodes=await node.find_nodes(model))
 
     @app.get("/nodes/{node_id}", response_model=NodeRecord, tags=["swarm"],
-             responses={404: {"model": ErrorResponse}})
+             responses={**_COMMON, 404: _error("No live node with that id.")})
     async def node_record(request: Request, node_id: str) -> NodeRecord:
         for record in await _node(request).find_nodes():
             if record.node_id == node_id:
@@ -415,7 +488,7 @@ def _add_native_routes(app: FastAPI) -> None:
         raise APIError(404, f"No live node with id '{node_id}'.", param="node_id",
                        code="node_not_found")
 
-    @app.get("/dht/status", tags=["swarm"])
+    @app.get("/dht/status", tags=["swarm"], responses=_COMMON)
     async def dht_status(request: Request) -> dict[str, Any]:
         node = _node(request)
         if node.presence is not None:
@@ -445,7 +518,9 @@ def create_app(node: Node) -> FastAPI:
     _add_openai_routes(app)
     _add_native_routes(app)
 
-    @app.get("/metrics", tags=["native"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["native"], response_class=Response, responses={
+        200: {"description": "Prometheus text format",
+              "content": {"text/plain": {"schema": {"type": "string"}}}}, **_COMMON})
     async def metrics() -> Response:
         """Prometheus metrics."""
         return Response(node.metrics.render(), media_type=METRICS_CONTENT_TYPE)
@@ -453,7 +528,7 @@ def create_app(node: Node) -> FastAPI:
     api_paths = {route.path for route in app.routes if isinstance(route, APIRoute)}
     endpoints = set(api_paths)
     if WEB_DIR.is_dir():
-        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+        app.mount("/", WebUI(app, WEB_DIR), name="web")
         endpoints.add("/")
     s = node.settings
     app.add_middleware(RequestGuard, max_body_size=s.max_body_size)
