@@ -113,7 +113,7 @@ def serve_node(settings: NodeSettings) -> None:
     )
     server = uvicorn.Server(config)
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        server.run(sockets=[sock])  # uvloop and httptools when installed (uvicorn[standard])
     except KeyboardInterrupt:
         pass
     log.info("node %s stopped", node.node_id[:12])
