@@ -510,3 +510,30 @@ async def test_presence_keeps_retrying_an_unreachable_bootstrap_peer() -> None:
         await presence.stop()
         await dht.stop()
         await seed.stop()
+
+
+async def test_library_defects_are_designed_around() -> None:
+    """set_digest never crashes, nothing is republished by the library, welcome_if_new targets
+    the stored key ids themselves (the stock version hashed them again)."""
+    async with swarm(3) as nodes:
+        node = nodes[0]
+        assert node.identity is not None
+        record = _record(node.identity)
+        await node.publish(record)
+        server = node._server
+        lone = DHTNode(NodeIdentity.generate(), rpc_timeout=RPC_TIMEOUT)
+        await lone.start()
+        try:
+            assert await lone._server.set_digest(digest("x"), []) is False  # no neighbours
+        finally:
+            await lone.stop()
+        # every neighbour gone: stock set_digest crashed on max() of nothing
+        for other in nodes[1:]:
+            await other.stop()
+        assert await server.set_digest(digest(model_key(MODEL)), []) is False
+        assert node.storage.iter_older_than(0) == []
+        await server._refresh_table()  # the hourly job: must not republish anything
+        key = digest(model_key(MODEL))
+        assert {k for k, _ in node.storage} >= {key}
+        newcomer = Node(bytes(a ^ b for a, b in zip(key, b"\x00" * 19 + b"\x01", strict=True)))
+        assert key in node.protocol._keys_for_newcomer(newcomer, time.monotonic())

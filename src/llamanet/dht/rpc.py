@@ -33,7 +33,8 @@ CallResult = tuple[bool, Any]
 MAX_REQUEST_BYTES: Final = 8192  # rpcudp's cap on a request, kept for compatibility
 DEAD_FOR: Final = 30.0  # seconds a peer that timed out is skipped; doubles on repeats
 DEAD_FOR_MAX: Final = 600.0
-MIN_STRAGGLER: Final = 0.1  # never give up on a reply sooner than this
+MIN_STRAGGLER: Final = 0.1  # never treat a reply as late sooner than this ...
+MAX_STRAGGLER: Final = 0.3  # ... nor later (a late reply is still used if it comes)
 MIN_GRACE: Final = 0.025  # a lookup that has its quorum waits at least this for the rest
 
 
@@ -190,11 +191,12 @@ class MsgpackRPCProtocol(RPCProtocol):
     def straggler_timeout(self) -> float:
         """How long a lookup waits on one reply before treating it as a straggler (TCP's RTO)."""
         if self.srtt is None:
-            return self._wait_timeout
-        return min(self._wait_timeout, max(MIN_STRAGGLER, self.srtt + 4 * self.rttvar))
+            return min(self._wait_timeout, MAX_STRAGGLER)
+        estimate = max(MIN_STRAGGLER, min(MAX_STRAGGLER, self.srtt + 4 * self.rttvar))
+        return min(self._wait_timeout, estimate)
 
     def grace_timeout(self) -> float:
         """How long a lookup that already has most answers waits for the others."""
         if self.srtt is None:
             return MIN_GRACE
-        return min(self.straggler_timeout(), max(MIN_GRACE, 2 * self.srtt))
+        return min(self.straggler_timeout(), max(MIN_GRACE, self.srtt))
