@@ -98,12 +98,21 @@ def stream_error_body(exc: Exception) -> dict[str, Any]:
                     code="internal_error").body()
 
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_tag(part: object) -> bool:
+    """A union member's tag in a pydantic error location (`str`, `list[str]`, `constrained-str`),
+    which names no field the user sent."""
+    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part or "-" in part)
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str | None]:
     errors = exc.errors()
     if not errors:
         return "Invalid request.", None, None
     first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body" and not _is_tag(part)]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
         return "We could not parse the JSON body of your request: it is not valid JSON.", None, \

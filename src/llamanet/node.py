@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -66,7 +67,7 @@ class Node:
             model_id = s.model_id or model_id_for(path)
             log.info("loading model %s from %s (n_ctx=%d)", model_id, path, s.n_ctx)
             self.engine = await LlamaEngine.load(
-                path, model_id=model_id, n_ctx=s.n_ctx, n_threads=s.n_threads,
+                path, model_id=model_id, n_ctx=s.n_ctx, n_threads=s.n_threads or os.cpu_count(),
                 n_batch=s.n_batch, queue_size=s.queue_size,
             )
             log.info("model %s ready", model_id)

@@ -12,7 +12,17 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256
@@ -50,14 +60,60 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+def _invalid_text(value: Any, path: str = "") -> str | None:
+    """Where `value` holds a string that is not valid Unicode, else None.
+
+    JSON can escape lone UTF-16 surrogates (`"\\ud800"`) that no UTF-8 text can hold; they would
+    reach the tokenizer (and error messages) and fail there.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "the request body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = _invalid_text(key, path) or _invalid_text(item, f"{path}.{key}".lstrip("."))
+            if where:
+                return where
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            where = _invalid_text(item, f"{path}.{index}".lstrip("."))
+            if where:
+                return where
+    return None
+
+
+def _json_number(value: Any) -> Any:
+    """Numbers must be JSON numbers, as the schema says (and OpenAI requires): pydantic's lax
+    mode would also take `"5"` or `true`."""
+    if isinstance(value, str | bool):
+        raise PydanticCustomError("number_type", "Input should be a number, not {kind}",
+                                  {"kind": "a string" if isinstance(value, str) else "a boolean"})
+    return value
+
+
+Number = BeforeValidator(_json_number)
+
+
 class StreamOptions(_Lenient):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
-TopP = Annotated[float, Field(gt=0.0, le=1.0)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0), Number]
+TopP = Annotated[float, Field(gt=0.0, le=1.0), Number]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0), Number]
+MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT), Number]
+
+
+_STOP_ITEM = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_LENGTH}
+_STOP_SCHEMA: dict[str, Any] = {  # what `_check_stop` enforces, for the OpenAPI schema
+    "anyOf": [_STOP_ITEM, {"type": "array", "items": _STOP_ITEM, "maxItems": MAX_STOP_SEQUENCES},
+              {"type": "null"}],
+    "title": "Stop",
+    "description": f"Up to {MAX_STOP_SEQUENCES} non-empty stop sequences of at most "
+                   f"{MAX_STOP_LENGTH} characters each.",
+}
 
 
 class SamplingFields(_Lenient):
@@ -66,13 +122,21 @@ class SamplingFields(_Lenient):
     max_tokens: MaxTokens | None = None
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
-    top_k: Annotated[int, Field(ge=0, le=1000)] = 40
-    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
-    repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    top_k: Annotated[int, Field(ge=0, le=1000), Number] = 40
+    min_p: Annotated[float, Field(ge=0.0, le=1.0), Number] = 0.05
+    repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0), Number] = 1.0
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: Annotated[int, Number] | None = None
+    stop: Annotated[str | list[str] | None, WithJsonSchema(_STOP_SCHEMA)] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = _invalid_text(data)
+        if where:
+            raise ValueError(f"'{where}' is not valid Unicode text (it holds a lone surrogate)")
+        return data
 
     @field_validator("stop")
     @classmethod
@@ -101,7 +165,17 @@ class TextContentPart(_Lenient):
     text: str
 
 
+def _content_rule(schema: dict[str, Any]) -> None:
+    """`_content_required` in the JSON schema: only an assistant message may lack content."""
+    schema["anyOf"] = [
+        {"properties": {"role": {"const": "assistant"}}},
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+    ]
+
+
 class ChatMessage(_Lenient):
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_content_rule)
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
@@ -124,8 +198,8 @@ class ChatCompletionRequest(SamplingFields):
     model: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: MaxTokens | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
-    stream: bool = False
+    n: Annotated[int, Field(ge=1, le=1), Number] = 1
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
 
@@ -188,13 +262,16 @@ class ChatCompletionChunk(BaseModel):
 # --------------------------------------------------------------------------- completions
 
 
+Prompt = Annotated[str, Field(min_length=1)]  # an empty prompt has no token to start from
+
+
 class CompletionRequest(SamplingFields):
     model: str | None = None
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=1)]
     max_tokens: MaxTokens | None = 16  # the OpenAI default for legacy completions
-    n: Annotated[int, Field(ge=1, le=1)] = 1
-    echo: bool = False
-    stream: bool = False
+    n: Annotated[int, Field(ge=1, le=1), Number] = 1
+    echo: StrictBool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     suffix: None = None
     user: str | None = None
@@ -240,16 +317,26 @@ class ModelList(BaseModel):
 # --------------------------------------------------------------------------- native API
 
 
+def _prompt_or_messages_rule(schema: dict[str, Any]) -> None:
+    """`_prompt_or_messages` in the JSON schema."""
+    schema["oneOf"] = [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+    ]
+
+
 class StreamingRequest(SamplingFields):
     """Native request for `/generate` and `/generate/stream`: a prompt or chat messages."""
 
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_prompt_or_messages_rule)
+
     model: str | None = None
-    prompt: str | None = None
+    prompt: Prompt | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     max_tokens: MaxTokens | None = 256
     temperature: Temperature = 0.7
     top_p: TopP = 0.9
-    repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.1
+    repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0), Number] = 1.1
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> StreamingRequest:
