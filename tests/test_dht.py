@@ -473,19 +473,32 @@ async def test_presence_heartbeats_then_withdraws() -> None:
 
 
 async def test_presence_seq_is_monotonic_across_restarts() -> None:
+    """A restarted node (same identity) supersedes its old records, tombstone included."""
     identity = NodeIdentity.generate()
-    seqs = []
-    for _ in range(2):
-        dht = DHTNode(identity, rpc_timeout=RPC_TIMEOUT)
-        await dht.start()
-        presence = Presence(dht, identity, _describe(9200), heartbeat=5.0)
-        try:
-            await presence.start()
-            seqs.append(presence.seq)
-        finally:
-            await presence.stop()
-            await dht.stop()
-    assert seqs[1] > seqs[0]
+    async with swarm(3) as nodes:
+        seqs = []
+        for _ in range(2):
+            dht = DHTNode(identity, rpc_timeout=RPC_TIMEOUT)
+            await dht.start()
+            presence = Presence(
+                dht,
+                identity,
+                _describe(9200),
+                heartbeat=5.0,
+                bootstrap=[("127.0.0.1", nodes[0].port)],
+            )
+            try:
+                await presence.start()
+                seqs.append(presence.seq)
+                record = await nodes[1].find_node(identity.node_id)
+                assert record is not None and record.seq == presence.seq
+            finally:
+                await presence.stop()  # publishes a tombstone with a higher seq
+                seqs.append(presence.seq)
+                await dht.stop()
+            assert await nodes[1].find_node(identity.node_id) is None
+            await asyncio.sleep(0.01)  # a restart takes at least a few milliseconds
+        assert seqs == sorted(set(seqs))
 
 
 async def test_presence_keeps_retrying_an_unreachable_bootstrap_peer() -> None:

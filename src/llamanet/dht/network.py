@@ -269,9 +269,13 @@ class DHTNode:
         nodes = await self._replica_nodes(dkey)
         if not nodes:
             return
-        acks = await self.protocol.put_many(nodes, dkey, [entry])
-        if acks < len(nodes):
-            self._replicas.pop(dkey, None)  # a replica is gone: look them up afresh next time
+
+        def replica_failed() -> None:  # look the replicas up afresh next time
+            self._replicas.pop(dkey, None)
+
+        futures = self.protocol.put_many(nodes, dkey, [entry], on_failure=replica_failed)
+        # live replicas answer within a round trip; a dead one is not worth its full timeout
+        await asyncio.wait(futures, timeout=self.protocol.straggler_timeout())
 
     async def _replica_nodes(self, dkey: bytes) -> list[Node]:
         cached = self._replicas.get(dkey)

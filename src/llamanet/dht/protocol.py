@@ -16,10 +16,11 @@ tables, so short-lived clients do not pollute them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from kademlia.node import Node
@@ -213,17 +214,30 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
             result = (False, None)
         return self.handle_call_response(result, node_to_ask)
 
-    async def put_many(self, nodes: list[Node], key: bytes, entries: list[WireEntry]) -> int:
-        """`put` to several nodes at once (plain futures, no task per call); how many took it."""
-        futures = [
-            self.call(self._address(node), "put", self.wire_id, key, entries) for node in nodes
-        ]
-        acks = 0
-        for node, result in zip(nodes, await asyncio.gather(*futures), strict=True):
+    def put_many(
+        self,
+        nodes: list[Node],
+        key: bytes,
+        entries: list[WireEntry],
+        on_failure: Callable[[], None] | None = None,
+    ) -> list[asyncio.Future[CallResult]]:
+        """`put` to several nodes at once (plain futures, no task per call). Each reply is
+        handled when it comes, so callers need not wait for a dead replica's timeout;
+        `on_failure` runs for each replica that did not take the entries."""
+
+        def handle(node: Node, future: asyncio.Future[CallResult]) -> None:
+            result = future.result() if not future.cancelled() else (False, None)
             ok = result[0] and isinstance(result[1], int) and not isinstance(result[1], bool)
             self.handle_call_response(result if ok else (False, None), node)
-            acks += ok
-        return acks
+            if not ok and on_failure is not None:
+                on_failure()
+
+        futures = []
+        for node in nodes:
+            future = self.call(self._address(node), "put", self.wire_id, key, entries)
+            future.add_done_callback(functools.partial(handle, node))
+            futures.append(future)
+        return futures
 
     async def call_store(self, node_to_ask: Node, key: bytes, value: Any) -> CallResult:
         """The stock name, carried over `put` (values are lists of wire entries)."""
