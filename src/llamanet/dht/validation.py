@@ -28,11 +28,15 @@ def read_ttl(value: object) -> float:
 
 
 class RecordValidator:
-    """Decodes and verifies wire records, counting every rejection by reason."""
+    """Decodes and verifies wire records, counting every rejection by reason.
 
-    def __init__(self, cache_size: int = 512) -> None:
+    Remembers which encodings passed the signature check (the bytes only: cheap to keep), so a
+    record seen again, from another replica or in the next lookup, is not verified twice.
+    """
+
+    def __init__(self, cache_size: int = 2048) -> None:
         self.rejected: Counter[str] = Counter()
-        self._cache: OrderedDict[bytes, NodeRecord] = OrderedDict()
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._cache_size = cache_size
 
     def reject(self, reason: str, detail: str = "") -> InvalidRecord:
@@ -45,9 +49,6 @@ class RecordValidator:
             raise self.reject("malformed", "record is not bytes")
         if len(wire) > MAX_RECORD_BYTES:
             raise self.reject("oversized", f"{len(wire)} bytes")
-        cached = self._cache.get(wire)
-        if cached is not None:
-            return cached
         try:
             return decode_record(wire)
         except InvalidRecord as exc:
@@ -56,21 +57,20 @@ class RecordValidator:
 
     def verify(self, wire: bytes, remaining: float, record: NodeRecord | None = None) -> NodeRecord:
         """Full check of `wire` (decoded already as `record` if given) with `remaining` ttl."""
-        now = time.time()
-        cached = self._cache.get(wire)
-        if cached is not None:  # content checks passed before; only time can have changed
-            if not remaining > 0 or now - cached.issued_at > cached.ttl + CLOCK_SKEW:
-                raise self.reject("expired")
-            self._cache.move_to_end(wire)
-            return cached
         if record is None:
             record = self.decode(wire)
+        now = time.time()
+        if wire in self._verified:  # content checks passed before; only time can have changed
+            if not remaining > 0 or now - record.issued_at > record.ttl + CLOCK_SKEW:
+                raise self.reject("expired")
+            self._verified.move_to_end(wire)
+            return record
         try:
             check_record(record, size=len(wire), now=now, remaining_ttl=remaining)
         except InvalidRecord as exc:
             self.rejected[exc.reason] += 1
             raise
-        self._cache[wire] = record
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._verified[wire] = None
+        if len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
         return record
