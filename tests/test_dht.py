@@ -180,6 +180,12 @@ def test_storage_bounds_one_flooder() -> None:
     )
     assert others == 3  # the per-key cap holds too
     assert len(storage.records(key)) == 8
+    small = RecordStorage(max_entries=3)  # and so does the cap on all entries
+    wires = [encode_record(_record(NodeIdentity.generate())) for _ in range(5)]
+    assert (
+        sum(small.put(key, wire, 30.0, source=f"10.0.1.{i}:1") for i, wire in enumerate(wires)) == 3
+    )
+    assert len(small) == 3
 
 
 async def test_routing_table_neighbors_are_exactly_the_nearest() -> None:

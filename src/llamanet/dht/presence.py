@@ -139,6 +139,7 @@ class Presence:
         while True:
             if not self._needs_bootstrap():
                 backoff = BACKOFF_START
+                self.bootstrap_state = "joined"  # (also when joined some other way)
                 await asyncio.sleep(min(self.heartbeat, 5.0))
                 continue
             if await self._try_bootstrap():

@@ -27,7 +27,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from llamanet.dht.routing import ExactRoutingTable
-from llamanet.dht.rpc import Address, CallResult, MsgpackRPCProtocol
+from llamanet.dht.rpc import MAX_TRACKED, Address, CallResult, MsgpackRPCProtocol
 from llamanet.dht.storage import RecordStorage, WireEntry
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,10 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
             and confirmed[:2] == (node.ip, node.port)
         ):
             return  # fast path: handled moments ago (this runs on every message)
+        self._confirmed.pop(node.id, None)  # least recently confirmed first: bounded below
         self._confirmed[node.id] = (node.ip, node.port, now)
+        if len(self._confirmed) > MAX_TRACKED:
+            del self._confirmed[next(iter(self._confirmed))]
         bucket = self.router.buckets[self.router.get_bucket_for(node)]
         known = bucket.nodes.get(node.id)
         if known is not None:

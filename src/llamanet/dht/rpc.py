@@ -33,6 +33,7 @@ CallResult = tuple[bool, Any]
 MAX_REQUEST_BYTES: Final = 8192  # rpcudp's cap on a request, kept for compatibility
 DEAD_FOR: Final = 30.0  # seconds a peer that timed out is skipped; doubles on repeats
 DEAD_FOR_MAX: Final = 600.0
+MAX_TRACKED: Final = 10_000  # addresses remembered as recently heard from
 MIN_STRAGGLER: Final = 0.1  # never treat a reply as late sooner than this ...
 MAX_STRAGGLER: Final = 0.3  # ... nor later (a late reply is still used if it comes)
 MIN_GRACE: Final = 0.025  # a lookup that has its quorum waits at least this for the rest
@@ -152,7 +153,11 @@ class MsgpackRPCProtocol(RPCProtocol):
     # ------------------------------------------------------------------ peer health
 
     def _heard_from(self, addr: Address) -> None:
+        # kept in least-recently-heard order, so the table stays bounded under a flood
+        self.last_seen.pop(addr, None)
         self.last_seen[addr] = time.monotonic()
+        if len(self.last_seen) > MAX_TRACKED:
+            del self.last_seen[next(iter(self.last_seen))]
         if addr in self._dead:
             del self._dead[addr]
 

@@ -4,8 +4,8 @@ Stores merge: the newest `seq` per node wins; each entry expires on its own (a d
 machine's monotonic clock, set from the *remaining* ttl a peer sent); tombstones
 (`withdrawn=True`) are kept until their ttl so they keep overriding older copies, but are never
 returned as live records. Nothing is republished: a record lives only as long as its writer keeps
-refreshing it. Limits per key, per sending peer and on the number of keys bound what one flooder
-can make a node hold.
+refreshing it. Limits per key, per sending peer, on the number of keys and on the number of
+entries bound what one flooder can make a node hold.
 """
 
 from __future__ import annotations
@@ -46,11 +46,14 @@ class RecordStorage(IStorage):
         max_per_key: int = 1024,
         max_per_source: int = 512,
         max_keys: int = 8192,
+        max_entries: int = 20_000,
     ) -> None:
         self.validator = validator or RecordValidator()
         self.max_per_key = max_per_key
         self.max_per_source = max_per_source
         self.max_keys = max_keys
+        self.max_entries = max_entries
+        self._count = 0
         self.data: dict[bytes, dict[str, Entry]] = {}
         self._next_expiry: dict[bytes, float] = {}
         self._per_source: Counter[str] = Counter()
@@ -109,6 +112,7 @@ class RecordStorage(IStorage):
         entries[record.node_id] = Entry(
             record, wire, expires, source, bytes.fromhex(record.node_id[:16])
         )
+        self._count += 1
         if source is not None:
             self._per_source[source] += 1
         self._next_expiry[key] = min(self._next_expiry.get(key, math.inf), expires)
@@ -130,6 +134,10 @@ class RecordStorage(IStorage):
             self.cull()
             if len(self.data) >= self.max_keys:
                 return False
+        if self._count >= self.max_entries:
+            self.cull()
+            if self._count >= self.max_entries:
+                return False
         if entries is not None and len(entries) >= self.max_per_key:
             self._cull_key(key, now, force=True)
             if len(self.data.get(key, ())) >= self.max_per_key:
@@ -141,6 +149,8 @@ class RecordStorage(IStorage):
         if not entries:
             return
         entry = entries.pop(node_id, None)
+        if entry is not None:
+            self._count -= 1
         if entry is not None and entry.source is not None:
             self._per_source[entry.source] -= 1
             if self._per_source[entry.source] <= 0:
@@ -209,7 +219,7 @@ class RecordStorage(IStorage):
         return list(self.data.get(key, {}).values())
 
     def __len__(self) -> int:
-        return sum(len(entries) for entries in self.data.values())
+        return self._count
 
     def __bool__(self) -> bool:  # an empty storage is still a storage (`storage or default`)
         return True
