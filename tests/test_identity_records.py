@@ -6,6 +6,7 @@ import hashlib
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -25,8 +26,8 @@ from llamanet.records import (
 )
 
 
-def _fields(**overrides: object) -> dict[str, object]:
-    fields: dict[str, object] = {
+def _fields(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
         "url": "http://127.0.0.1:8000",
         "models": [ModelInfo(id="tinyllama-1.1b-chat", n_ctx=2048, quantization="Q4_K_M")],
         "load": 0.25,

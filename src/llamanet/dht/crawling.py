@@ -41,6 +41,8 @@ class IndexedNodeHeap(NodeHeap):
     nearest is a slice instead of a `heapq.nsmallest`; a node removed as unresponsive is never
     re-added."""
 
+    heap: list[tuple[int, Node]]
+
     def __init__(self, node: Node, maxsize: int) -> None:
         super().__init__(node, maxsize)
         self._ids: set[bytes] = set()
@@ -159,7 +161,7 @@ class NodeCrawl(WindowedCrawl, NodeSpiderCrawl):
         ok, nodes = await self.protocol.call_find_node(peer, self.node)
         return nodes if ok else None
 
-    async def find(self) -> list[Node]:  # type: ignore[override]
+    async def find(self) -> list[Node]:
         await self._crawl()
         return self.closest_responders()
 
@@ -243,6 +245,6 @@ class RecordCrawl(WindowedCrawl, ValueSpiderCrawl):
             self._by_wire[wire] = record.node_id
         return validator.rejected.total() - before
 
-    async def find(self) -> dict[str, Found]:  # type: ignore[override]
+    async def find(self) -> dict[str, Found]:
         await self._crawl()
         return self.found

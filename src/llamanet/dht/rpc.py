@@ -70,7 +70,7 @@ class MsgpackRPCProtocol(RPCProtocol):
         elif kind == b"\x01":
             self._accept_response(msg_id, payload, addr)
 
-    def _accept_request(self, msg_id: bytes, data: Any, address: Address) -> None:  # type: ignore[override]
+    def _accept_request(self, msg_id: bytes, data: Any, address: Address) -> None:
         if not isinstance(data, list) or len(data) != 2:
             self.stats["bad_requests"] += 1
             return
@@ -89,7 +89,7 @@ class MsgpackRPCProtocol(RPCProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(b"\x01" + msg_id + msgpack.packb(response), address)
 
-    def _accept_response(self, msg_id: bytes, data: Any, address: Address) -> None:  # type: ignore[override]
+    def _accept_response(self, msg_id: bytes, data: Any, address: Address) -> None:
         pending = self._outstanding.pop(msg_id, None)
         sent = self._sent.pop(msg_id, None)
         if pending is None:
