@@ -2,9 +2,14 @@
 
 Every heartbeat it signs a fresh record (seq + 1, ttl = 3 heartbeats) from `describe()` and
 publishes it; on stop it publishes a tombstone so lookups drop the node at once. `seq` starts
-from the wall clock in milliseconds, so a restarted node's records supersede its old ones.
-While the routing table is empty and bootstrap peers were given, it keeps retrying them in the
-background with capped exponential backoff; nothing here ever raises into the node.
+from the wall clock in milliseconds, so a restarted node's records supersede its old ones (an
+incarnation issues far fewer than one record per millisecond; should the clock have gone back,
+the old records are forgotten within their ttl anyway).
+
+`start()` makes one bootstrap attempt (bounded by about 2 * rpc_timeout) so the first record
+reaches the swarm at once; after that, while the routing table is empty and bootstrap peers were
+given, it keeps retrying them in the background with capped exponential backoff. Nothing here
+ever raises into the node.
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ class Presence:
         async with self._lock:
             try:
                 fields = {k: v for k, v in self.describe().items() if k not in _SIGNED_HERE}
-                seq = max(self.seq + 1, int(time.time() * 1000))
+                seq = self.seq + 1 if self.seq else int(time.time() * 1000)
                 record = sign_record(self.identity, **fields, seq=seq, ttl=self.ttl)
                 self.seq = seq
                 await self.dht.publish(record)
