@@ -13,7 +13,7 @@ import pytest
 from kademlia.node import Node
 
 from llamanet.dht import DHTNode, Presence, RecordStorage
-from llamanet.dht.keys import digest, model_key
+from llamanet.dht.keys import all_nodes_keys, digest, keys_for, model_key
 from llamanet.identity import NodeIdentity
 from llamanet.protocol import ModelInfo, NodeRecord
 from llamanet.records import canonical_bytes, encode_record, make_tombstone, sign_record
@@ -285,10 +285,17 @@ async def test_a_lying_peer_cannot_slip_invalid_records_into_lookups() -> None:
             liar.storage.data.setdefault(key, {})[f"forged{index}"] = Entry(
                 good, wire, time.monotonic() + 30, None, bytes(8)
             )
+        # and a valid record served under keys it does not belong to
+        elsewhere = _record(NodeIdentity.generate(), models=("evil",))
+        for key_name in set(all_nodes_keys()) - set(keys_for(elsewhere)):  # not its own shard
+            liar.storage.data.setdefault(digest(key_name), {})["elsewhere"] = Entry(
+                elsewhere, encode_record(elsewhere), time.monotonic() + 30, None, bytes(8)
+            )
         reader = nodes[5]
         assert _ids(await reader.find_nodes(MODEL)) == {honest.node_id}
+        assert _ids(await reader.find_nodes()) == {honest.node_id}
         counts = reader.status()["invalid_records"]
-        for reason in variants:
+        for reason in [*variants, "wrong_key"]:
             assert counts.get(reason, 0) >= 1, (reason, counts)
 
 

@@ -21,7 +21,14 @@ from kademlia.network import Server
 from kademlia.node import Node
 
 from llamanet.dht.crawling import Found, NodeCrawl, RecordCrawl
-from llamanet.dht.keys import all_nodes_keys, digest, keys_for, model_key, node_key
+from llamanet.dht.keys import (
+    all_nodes_keys,
+    digest,
+    digests_for,
+    keys_for,
+    model_key,
+    node_key,
+)
 from llamanet.dht.protocol import DHTProtocol
 from llamanet.dht.rpc import Address
 from llamanet.dht.storage import RecordStorage, WireEntry
@@ -292,7 +299,7 @@ class DHTNode:
         """Live, verified records of the nodes serving `model` (of every node if None),
         newest seq per node; withdrawn nodes are left out."""
         keys = [model_key(model)] if model is not None else all_nodes_keys()
-        results = await asyncio.gather(*(self._lookup(digest(key)) for key in keys))
+        results = await asyncio.gather(*(self._lookup(key) for key in keys))
         merged: dict[str, Found] = {}
         for found in results:
             for node_id, item in found.items():
@@ -310,13 +317,16 @@ class DHTNode:
         )
 
     async def find_node(self, node_id: str) -> NodeRecord | None:
-        found = await self._lookup(digest(node_key(node_id)))
+        found = await self._lookup(node_key(node_id))
         item = found.get(node_id)
         if item is None or item.record.withdrawn or item.expires <= time.monotonic():
             return None
         return item.record
 
-    async def _lookup(self, dkey: bytes) -> dict[str, Found]:
+    async def _lookup(self, key: str) -> dict[str, Found]:
+        """Every record the k closest peers hold under `key`, newest seq per node, keeping only
+        records that belong there (what a peer serves is checked like what it stores)."""
+        dkey = digest(key)
         target = Node(dkey)
         crawl = RecordCrawl(
             self.protocol,
@@ -328,7 +338,16 @@ class DHTNode:
         )
         for entry in self.storage.local_entries(dkey):  # what this node holds counts too
             crawl.merge([[entry.wire, entry.expires - time.monotonic()]])
-        return await crawl.find()
+        found = await crawl.find()
+        kept: dict[str, Found] = {}
+        for node_id, item in found.items():
+            if item.record.withdrawn or dkey in digests_for(item.record):
+                kept[node_id] = item
+            elif not key.startswith("model:"):
+                # a node id fixes its shard and node keys: a peer served a record from elsewhere
+                # (under a model key it is a node that stopped serving that model: just left out)
+                self.validator.reject("wrong_key")
+        return kept
 
     # ------------------------------------------------------------------ upkeep and status
 
