@@ -80,6 +80,7 @@ class WindowedCrawl(SpiderCrawl):
         super().__init__(protocol, node, [], ksize, alpha)
         self.nearest = IndexedNodeHeap(node, ksize)
         self.responded: set[bytes] = set()
+        self.wide = False  # converged: asking every remaining one of the k closest at once
         self.add_nodes(peers)
 
     def add_nodes(self, nodes: list[Node]) -> None:
@@ -115,11 +116,11 @@ class WindowedCrawl(SpiderCrawl):
     async def _crawl(self) -> None:
         pending: dict[asyncio.Future[list[Node] | None], Node] = {}
         slow: set[asyncio.Future[list[Node] | None]] = set()
-        wide = False
+        self.wide = False
         idle = 0  # consecutive replies that brought no closer node
         while True:
             uncontacted = self.nearest.get_uncontacted()
-            limit = self.ksize if wide else self.alpha
+            limit = self.ksize if self.wide else self.alpha
             budget = limit - (len(pending) - len(slow))
             for peer in uncontacted[: max(0, budget)]:
                 self.nearest.mark_contacted(peer)
@@ -148,7 +149,7 @@ class WindowedCrawl(SpiderCrawl):
                 self.add_nodes(nodes)
                 idle = 0 if self._closest_id() != before else idle + 1
             if idle >= self.alpha:
-                wide = True
+                self.wide = True
 
     def closest_responders(self) -> list[Node]:
         return [node for node in self.nearest if node.id in self.responded]
@@ -189,16 +190,22 @@ class RecordCrawl(WindowedCrawl, ValueSpiderCrawl):
         self.validator = validator
         self.found: dict[str, Found] = {}
         self._by_wire: dict[bytes, str] = {}
+        self._have: bytes | None = None
 
     def have(self) -> bytes:
-        return encode_have(
-            (bytes.fromhex(node_id[:16]), item.record.seq) for node_id, item in self.found.items()
-        )
+        if self._have is None:  # rebuilt only after `found` changed
+            self._have = encode_have(
+                (bytes.fromhex(node_id[:16]), item.record.seq)
+                for node_id, item in self.found.items()
+            )
+        return self._have
 
     async def _query(self, peer: Node) -> list[Node] | None:
         nodes: list[Node] | None = None
+        # once converged, the k closest are asked for records only: no more routing needed
+        want_nodes = not self.wide
         for _ in range(MAX_PAGES):
-            ok, reply = await self.protocol.call_get(peer, self.node.id, self.have())
+            ok, reply = await self.protocol.call_get(peer, self.node.id, self.have(), want_nodes)
             if not ok:
                 return nodes
             page_nodes, entries, more = reply
@@ -243,6 +250,7 @@ class RecordCrawl(WindowedCrawl, ValueSpiderCrawl):
                 self._by_wire.pop(current.wire, None)
             self.found[record.node_id] = Found(record, wire, now + min(ttl, record.ttl))
             self._by_wire[wire] = record.node_id
+            self._have = None
         return validator.rejected.total() - before
 
     async def find(self) -> dict[str, Found]:

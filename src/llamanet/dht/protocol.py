@@ -3,9 +3,10 @@
 RPCs (all synchronous handlers; see `rpc.py` for the transport):
 - `ping(nodeid)` -> our id; `find_node(nodeid, key)` -> `[[id, ip, port], ...]` (exact k nearest);
 - `put(nodeid, key, entries)` -> how many of the `[record, remaining ttl]` entries were accepted;
-- `get(nodeid, key, have)` -> `[nodes, entries, more]`: the k nearest contacts *and* every entry
-  held for `key` except those listed in `have` (8-byte node-id prefix + 8-byte seq, repeated) at an
-  equal or newer seq, up to `GET_BUDGET` bytes; `more` asks the caller to come back for the rest.
+- `get(nodeid, key, have[, want_nodes])` -> `[nodes, entries, more]`: the k nearest contacts
+  (unless `want_nodes` is false) *and* every entry held for `key` except those listed in `have`
+  (8-byte node-id prefix + 8-byte seq, repeated) at an equal or newer seq, up to `GET_BUDGET`
+  bytes; `more` asks the caller to come back for the rest.
   Returning both lets a lookup merge what all k closest peers hold instead of stopping at the
   first value.
 The stock `store` refuses (values must be signed records) and `find_value` answers like
@@ -148,14 +149,20 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
         return self.storage.merge(key, entries, source=f"{sender[0]}:{sender[1]}")
 
     def rpc_get(
-        self, sender: Address, nodeid: object, key: object, have: object = b""
+        self,
+        sender: Address,
+        nodeid: object,
+        key: object,
+        have: object = b"",
+        want_nodes: object = True,
     ) -> list[Any] | None:
         self._sender(sender, nodeid)
         if not _is_id(key):
             return None
         assert isinstance(key, bytes)
         entries, more = self.storage.entries(key, decode_have(have), GET_BUDGET)
-        return [self._neighbors(sender, key), entries, more]
+        nodes = self._neighbors(sender, key) if want_nodes is not False else []
+        return [nodes, entries, more]
 
     # ------------------------------------------------------------------ calling
 
@@ -194,9 +201,12 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
     async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> CallResult:
         return await self.call_get(node_to_ask, node_to_find.id, b"")
 
-    async def call_get(self, node_to_ask: Node, key: bytes, have: bytes) -> CallResult:
+    async def call_get(
+        self, node_to_ask: Node, key: bytes, have: bytes, want_nodes: bool = True
+    ) -> CallResult:
         """(True, (nodes, entries, more)) or (False, None)."""
-        result = await self.call(self._address(node_to_ask), "get", self.wire_id, key, have)
+        args = (self.wire_id, key, have) if want_nodes else (self.wire_id, key, have, False)
+        result = await self.call(self._address(node_to_ask), "get", *args)
         if result[0]:
             reply = result[1]
             nodes = None
