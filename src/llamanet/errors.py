@@ -98,6 +98,7 @@ def stream_error_body(exc: Exception) -> dict[str, Any]:
                     code="internal_error").body()
 
 
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"  # a body json.loads() cannot read
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
@@ -118,6 +119,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
         return "We could not parse the JSON body of your request: it is not valid JSON.", None, \
             "invalid_json"
     msg = str(first.get("msg", "invalid value"))
+    if first.get("type") == "missing" and param is None:
+        return "The request has no body: send a JSON object.", None, "invalid_json"
     if first.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
     where = f"'{param}'" if param else "the request body"
@@ -142,11 +145,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        code = None
         if exc.status_code == 413:
             message = "The request body is too large."
         elif exc.status_code == 404:
             message = "No such endpoint. The API lives under /v1 (OpenAI) and /generate, /status."
-        return APIError(exc.status_code, message, headers=dict(exc.headers or {})).response()
+        elif exc.status_code == 400 and message == _FASTAPI_BODY_ERROR:  # e.g. invalid UTF-8
+            message, code = "We could not read the body of your request: it is not JSON text "\
+                "in UTF-8.", "invalid_json"
+        elif exc.status_code == 408:
+            code = "timeout"
+        return APIError(exc.status_code, message, code=code,
+                        headers=dict(exc.headers or {})).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

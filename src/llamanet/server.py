@@ -158,21 +158,28 @@ class RequestLog:
 
 
 class RequestGuard:
-    """Pure ASGI middleware: POST bodies must be JSON and under the size limit (415 / 413).
+    """Pure ASGI middleware: POST bodies must be JSON, under the size limit and arrive in time
+    (415 / 413 / 408).
 
     The limit is checked on Content-Length up front and on the bytes actually received (chunked
-    uploads); the errors are OpenAI-shaped like every other.
+    uploads); a body still incomplete after `body_timeout` seconds (a client trickling it, slow
+    loris) is answered 408 and its connection closed. The errors are OpenAI-shaped like every other.
     """
 
-    def __init__(self, app: ASGIApp, max_body_size: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_size: int, body_timeout: float | None = None,
+                 ) -> None:
         self.app = app
         self.max_body_size = max_body_size
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        if b"content-type" not in headers:  # a JSON body without a type: read it as JSON
+            scope = {**scope, "headers": [*scope["headers"],
+                                          (b"content-type", b"application/json")]}
         ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
         if ctype not in (b"application/json", b""):
             await APIError(415, f"Unsupported content type '{ctype.decode(errors='replace')}': "
@@ -184,10 +191,23 @@ class RequestGuard:
             await self._too_large().response()(scope, receive, send)
             return
         received = 0
+        deadline = (asyncio.get_running_loop().time() + self.body_timeout
+                    if self.body_timeout else None)
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline
+            if deadline is None:  # the body is complete: later reads only watch for disconnects
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise StarletteHTTPException(
+                        408, "The request body did not arrive within the node's request timeout.",
+                        headers={"Connection": "close"}) from None
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                deadline = None
             received += len(message.get("body", b""))
             if received > self.max_body_size:
                 raise StarletteHTTPException(413)
@@ -531,7 +551,8 @@ def create_app(node: Node) -> FastAPI:
         app.mount("/", WebUI(app, WEB_DIR), name="web")
         endpoints.add("/")
     s = node.settings
-    app.add_middleware(RequestGuard, max_body_size=s.max_body_size)
+    app.add_middleware(RequestGuard, max_body_size=s.max_body_size,
+                       body_timeout=s.request_timeout)
     app.add_middleware(AccessControl, api_paths=api_paths, api_keys=s.api_key,
                        swarm_key=s.swarm_key, rate_limit=s.rate_limit,
                        max_streams=s.max_streams)
