@@ -63,9 +63,10 @@ class RankFirst(NodeSelector):
 
 
 async def wait_for_nodes(client: LlamaNetClient, wanted: Collection[str]) -> None:
-    """Refreshes discovery until the client knows every node in `wanted`."""
+    """Refreshes discovery until the client knows every node in `wanted`, each serving a model
+    (a record published while its model was still loading lists none)."""
     for _ in range(300):
-        if set(wanted) <= {n.node_id for n in await client.nodes()}:
+        if set(wanted) <= {n.node_id for n in await client.nodes() if n.models}:
             return
         await client.refresh()
         await asyncio.sleep(0.1)
