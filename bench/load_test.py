@@ -4,7 +4,8 @@
 
 (a) one node; (b) two model nodes A and B behind a `--no-model` gateway G, the clients all
 talking to G. Every client streams `--requests` chat completions one after the other (a 503 is
-recorded, then it waits `min(Retry-After, 1 s)`). Loopback only; it stops by itself.
+recorded, then it waits `min(Retry-After, --retry-cap)`, 5 s by default). Loopback only; it
+stops by itself.
 
 Each request ends as exactly one of: completed (a `finish_reason`, then `[DONE]`), 503 with
 Retry-After, another failure (any other status, an error event, a transport error), or a
@@ -137,7 +138,7 @@ async def stream_once(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -
 
 
 async def run_clients(url: str, clients: int, requests: int, max_tokens: int,
-                      model: str | None = None) -> list[Outcome]:
+                      model: str | None = None, retry_cap: float = 1.0) -> list[Outcome]:
     """`clients` concurrent clients, each streaming `requests` chat completions in turn."""
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients)
     timeout = httpx.Timeout(120.0, connect=10.0)
@@ -155,7 +156,7 @@ async def run_clients(url: str, clients: int, requests: int, max_tokens: int,
             outcome = await stream_once(http, url, body)
             out.append(outcome)
             if outcome.kind == UNAVAILABLE:
-                await asyncio.sleep(min(float(outcome.detail), 1.0))
+                await asyncio.sleep(min(float(outcome.detail), retry_cap))
         return out
 
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
@@ -175,7 +176,8 @@ def idle_and_healthy(url: str, timeout: float = 60.0) -> bool:
 
 
 def run_scenario(entry_url: str, model_nodes: dict[str, Any], *, clients: int, requests: int,
-                 max_tokens: int, model: str | None = None) -> LoadResult:
+                 max_tokens: int, model: str | None = None, retry_cap: float = 1.0,
+                 ) -> LoadResult:
     """The load against `entry_url`, watching the RSS of `model_nodes` (name -> NodeProcess)."""
     pids = {name: node.proc.pid for name, node in model_nodes.items()}
     before = {name: rss_kb(pid) for name, pid in pids.items()}
@@ -183,7 +185,7 @@ def run_scenario(entry_url: str, model_nodes: dict[str, Any], *, clients: int, r
     started = time.perf_counter()
     with RssSampler(pids) as sampler:
         result.outcomes = asyncio.run(run_clients(entry_url, clients, requests, max_tokens,
-                                                  model))
+                                                  model, retry_cap))
     result.seconds = time.perf_counter() - started
     for name, node in model_nodes.items():
         result.idle_after[name] = idle_and_healthy(node.url)
@@ -197,7 +199,10 @@ def print_table(title: str, result: LoadResult, out: Callable[[str], None] = pri
     out(f"\n{title}  ({result.seconds:.1f} s)")
     out(f"  {'requests sent':34} {sent:>8}")
     out(f"  {'completed with finish_reason':34} {result.count(COMPLETED):>8}")
-    out(f"  {'503 with Retry-After':34} {result.count(UNAVAILABLE):>8}")
+    waits = sorted(int(o.detail) for o in result.outcomes if o.kind == UNAVAILABLE)
+    spread = f"   (Retry-After {waits[0]}..{waits[-1]} s, median {waits[len(waits) // 2]})" \
+        if waits else ""
+    out(f"  {'503 with Retry-After':34} {result.count(UNAVAILABLE):>8}{spread}")
     other = result.count(FAILED)
     details = ", ".join(f"{k}: {n}" for k, n in result.details(FAILED).most_common(4))
     out(f"  {'other failures':34} {other:>8}" + (f"   ({details})" if other else ""))
@@ -222,6 +227,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=3, help="streams per client, in turn")
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--queue-size", type=int, default=8)
+    ap.add_argument("--retry-cap", type=float, default=5.0,
+                    help="a client waits min(Retry-After, this) after a 503")
     args = ap.parse_args()
 
     models = Path(os.environ.get("LLAMANET_HOME", "~/.llamanet")).expanduser() / "models"
@@ -232,13 +239,14 @@ def main() -> None:
     common = ["--model", str(model), "--model-id", "load", "--queue-size", str(args.queue_size),
               "--log-level", "warning"]
     print(f"load test: {args.clients} concurrent streaming clients x {args.requests} requests, "
-          f"max_tokens {args.max_tokens}, queue size {args.queue_size}, loopback only",
-          file=sys.stderr)
+          f"max_tokens {args.max_tokens}, queue size {args.queue_size}, retry after a 503 "
+          f"within {args.retry_cap:g} s; loopback only")
 
     single = launch_node([*common, "--n-threads", "2"], tmp / "single")
     try:
         one = run_scenario(single.url, {"node": single}, clients=args.clients,
-                           requests=args.requests, max_tokens=args.max_tokens)
+                           requests=args.requests, max_tokens=args.max_tokens,
+                           retry_cap=args.retry_cap)
     finally:
         single.stop()
 
@@ -255,7 +263,8 @@ def main() -> None:
                 raise RuntimeError("the gateway never saw both model nodes")
             time.sleep(0.2)
         swarm = run_scenario(g.url, {"A": a, "B": b}, clients=args.clients,
-                             requests=args.requests, max_tokens=args.max_tokens, model="load")
+                             requests=args.requests, max_tokens=args.max_tokens, model="load",
+                             retry_cap=args.retry_cap)
         swarm.idle_after["G"] = idle_and_healthy(g.url)
         served = {name: n.status()["requests_completed"] for name, n in (("A", a), ("B", b))}
     finally:
