@@ -425,11 +425,6 @@ def test_trickled_headers_do_not_block_others(node: Any, client: httpx.Client) -
     assert_serves(client)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "uvicorn's httptools parser (used whenever httptools is installed) buffers a request head "
-    "without limit: one client sending an endless header grows the node's memory by as much as "
-    "it sends. Fix: uvicorn.Config(http='h11') in cli.serve_node (h11 refuses a head over "
-    "16 KiB with a 400); a time limit on the head needs a protocol subclass (see report)."))
 def test_an_endless_header_section_is_refused(node: Any, client: httpx.Client) -> None:
     sock = _connect(node)
     try:

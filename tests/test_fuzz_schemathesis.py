@@ -41,10 +41,9 @@ from llamanet.protocol import (
     StreamingChunk,
 )
 
-pytestmark = pytest.mark.model
-
 DEFAULT_EXAMPLES = 25
 EXAMPLES = int(os.environ.get("LLAMANET_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
+pytestmark = [pytest.mark.model, pytest.mark.timeout(900 + 10 * EXAMPLES)]  # bounded run
 SEED = os.environ.get("LLAMANET_FUZZ_SEED")
 MAX_TOKENS = 3
 SSE_LINES = re.compile(r"\r\n|\r|\n")  # the only line ends of Server-Sent Events

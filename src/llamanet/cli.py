@@ -110,10 +110,11 @@ def serve_node(settings: NodeSettings) -> None:
     config = uvicorn.Config(
         create_app(node), log_config=None, log_level=settings.log_level,
         timeout_graceful_shutdown=5, access_log=False,
+        http="h11",  # h11 refuses a request head over 16 KiB; httptools buffers it without limit
     )
     server = uvicorn.Server(config)
     try:
-        server.run(sockets=[sock])  # uvloop and httptools when installed (uvicorn[standard])
+        server.run(sockets=[sock])  # on uvloop when installed (uvicorn[standard])
     except KeyboardInterrupt:
         pass
     log.info("node %s stopped", node.node_id[:12])
