@@ -38,7 +38,15 @@ bench-dht: $(STAMP)
 bench-gateway: $(STAMP)
 	$(PY) bench/gateway_bench.py
 
-bench: bench-node bench-dht bench-gateway
+bench-load: $(STAMP)
+	$(PY) bench/load_test.py
+
+# a long schemathesis run over every endpoint (CI runs a bounded one inside `make test`)
+fuzz: $(STAMP)
+	LLAMANET_FUZZ_EXAMPLES=$${LLAMANET_FUZZ_EXAMPLES:-500} $(PY) -m pytest -p no:cacheprovider \
+		tests/test_fuzz_schemathesis.py -q
+
+bench: bench-node bench-dht bench-gateway bench-load
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
