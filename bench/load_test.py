@@ -140,7 +140,10 @@ async def stream_once(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -
 async def run_clients(url: str, clients: int, requests: int, max_tokens: int,
                       model: str | None = None, retry_cap: float = 1.0) -> list[Outcome]:
     """`clients` concurrent clients, each streaming `requests` chat completions in turn."""
-    limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients)
+    # idle pooled connections are dropped well before uvicorn's 5 s keep-alive timeout: reusing
+    # one the server is closing at that very moment fails with a transport error (a client race)
+    limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients,
+                          keepalive_expiry=2.0)
     timeout = httpx.Timeout(120.0, connect=10.0)
 
     async def client(index: int, http: httpx.AsyncClient) -> list[Outcome]:
