@@ -286,12 +286,6 @@ async def test_a_flood_from_one_peer_is_bounded(swarm: list[Any], attacker: DHTN
     await assert_nothing_forged_visible(swarm, set(ids))  # `all_nodes` was never flooded
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "storage forgets a node once its tombstone expires (3 heartbeats), and a record is "
-    "accepted for up to ttl + CLOCK_SKEW (300 s) after it was issued: a gone node's last "
-    "record, replayed then, is taken again (for its ttl, and again on each replay). Fix in "
-    "dht/storage.py: remember the highest seq per node id for ttl + CLOCK_SKEW after its "
-    "entries expire, and refuse anything not above it."))
 async def test_a_replay_after_the_tombstone_expired_is_refused(
         start_node: Any, swarm: list[Any], attacker: DHTNode) -> None:
     ids = [await node_id(n) for n in swarm]

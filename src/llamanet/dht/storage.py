@@ -22,7 +22,7 @@ from kademlia.storage import IStorage
 from llamanet.dht.keys import digests_for
 from llamanet.dht.validation import RecordValidator, read_ttl
 from llamanet.protocol import NodeRecord
-from llamanet.records import InvalidRecord
+from llamanet.records import CLOCK_SKEW, InvalidRecord
 
 WireEntry = list[Any]  # [wire bytes, remaining ttl seconds]: what peers exchange
 
@@ -57,6 +57,10 @@ class RecordStorage(IStorage):
         self.data: dict[bytes, dict[str, Entry]] = {}
         self._next_expiry: dict[bytes, float] = {}
         self._per_source: Counter[str] = Counter()
+        # node id -> (highest seq seen, monotonic time until which it is remembered): a record
+        # dropped from storage (expired, tombstoned) must not come back through a replay while its
+        # signature could still pass (its ttl plus the allowed clock skew)
+        self._last_seq: dict[str, tuple[int, float]] = {}
 
     @property
     def rejected(self) -> Counter[str]:
@@ -95,6 +99,9 @@ class RecordStorage(IStorage):
                 return True
         elif key not in digests_for(record):
             validator.reject("wrong_key")
+            return False
+        elif self._replayed(record, now):
+            validator.reject("stale_seq")
             return False
         if current is None and not self._has_room(key, source, now):
             validator.reject("over_limit")  # before the signature check: floods stay cheap
@@ -144,6 +151,18 @@ class RecordStorage(IStorage):
                 return False
         return source is None or self._per_source[source] < self.max_per_source
 
+    def _replayed(self, record: NodeRecord, now: float) -> bool:
+        seen = self._last_seq.get(record.node_id)
+        return seen is not None and seen[1] > now and record.seq <= seen[0]
+
+    def _remember(self, record: NodeRecord, now: float) -> None:
+        seen = self._last_seq.get(record.node_id)
+        until = now + record.ttl + CLOCK_SKEW
+        if seen is None or record.seq >= seen[0]:
+            self._last_seq[record.node_id] = (record.seq, until)
+        if len(self._last_seq) > self.max_entries:  # bounded: forget what no longer matters
+            self._last_seq = {n: s for n, s in self._last_seq.items() if s[1] > now}
+
     def _drop(self, key: bytes, node_id: str) -> None:
         entries = self.data.get(key)
         if not entries:
@@ -151,6 +170,7 @@ class RecordStorage(IStorage):
         entry = entries.pop(node_id, None)
         if entry is not None:
             self._count -= 1
+            self._remember(entry.record, time.monotonic())
         if entry is not None and entry.source is not None:
             self._per_source[entry.source] -= 1
             if self._per_source[entry.source] <= 0:
