@@ -43,7 +43,9 @@ def start_node(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
         full = ["--heartbeat", "1", *args]
         if model and "--model" not in args and "--no-model" not in args:
             full += ["--model", str(model_path)]
-        node = spawn_node(full, home, env={"LLAMANET_N_THREADS": "2", **(env or {})},
+        # one thread per node: several nodes generating at once on a 2-core machine would
+        # otherwise oversubscribe it, and llama.cpp's spinning threads then crawl
+        node = spawn_node(full, home, env={"LLAMANET_N_THREADS": "1", **(env or {})},
                           log_path=home / f"node-{time.monotonic_ns()}.log")
         started.append(node)
         return wait_healthy(node)

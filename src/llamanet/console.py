@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import tempfile
 import time
@@ -169,7 +170,9 @@ def run_demo(model: Path, count: int, once: bool, home: Path | None, out: Consol
              question: str = DEMO_QUESTION, max_tokens: int = 128) -> int:
     base = home or Path(tempfile.mkdtemp(prefix="llamanet-demo-"))
     out.print(f"[bold]LlamaNet demo[/bold]: a {count}-node swarm on {model.name}")
-    nodes = start_demo_swarm(model, count, base, out)
+    # the nodes share this machine: split its cores so they never oversubscribe it
+    threads = str(max(1, (os.cpu_count() or 1) // count))
+    nodes = start_demo_swarm(model, count, base, out, ["--n-threads", threads])
     try:
         out.print(f"\n[bold]you>[/bold] {question}\n[bold]swarm>[/bold] ", end="")
 
