@@ -208,9 +208,9 @@ class LlamaEngine:
         def _load() -> Any:
             from llama_cpp import Llama
 
-            return Llama(
+            return Llama(  # n_threads_batch too: its default (every core) spins an extra team
                 model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads,
-                n_batch=n_batch, verbose=False,
+                n_threads_batch=n_threads, n_batch=n_batch, verbose=False,
             )
 
         llm = await asyncio.to_thread(_load)
@@ -367,7 +367,8 @@ class LlamaEngine:
             self.stats.queued -= 1
             self.stats.requests_cancelled += 1
 
-    def _finish(self, job: Job, outcome: str, tokens: int, ttft_ms: float, tps: float) -> None:
+    def _finish(self, job: Job, outcome: str, tokens: int, ttft_ms: float, tps: float,
+                seconds: float = 0.0) -> None:
         if job.finished:
             return
         job.finished = True
@@ -383,7 +384,7 @@ class LlamaEngine:
             s.ttft_ms = _ema(s.ttft_ms, ttft_ms)
             if tps > 0:
                 s.tokens_per_second = _ema(s.tokens_per_second, tps)
-            s.request_seconds = _ema(s.request_seconds, time.perf_counter() - job.admitted_at)
+            s.request_seconds = _ema(s.request_seconds, seconds)  # generation only, not queueing
 
     def _generate(self, job: Job) -> None:
         llm, params = self.llm, job.params
@@ -441,4 +442,4 @@ class LlamaEngine:
             queue_ms=(started - job.admitted_at) * 1000, duration_s=time.perf_counter() - started,
         )
         job.emit(_Done(result))
-        self._on_loop(job, self._finish, "completed", n, ttft_ms, tps)
+        self._on_loop(job, self._finish, "completed", n, ttft_ms, tps, result.duration_s)

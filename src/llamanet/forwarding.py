@@ -159,8 +159,9 @@ class Gateway:
             await upstream.aclose()
             in_flight.close()
             retry_after = upstream.headers.get("retry-after")
-            self.selector.mark_failed(peer.node_id, retry_after=float(retry_after)
-                                      if retry_after and retry_after.isdigit() else None)
+            if upstream.status_code != 503:  # a full queue is busy, not broken: no cooldown
+                self.selector.mark_failed(peer.node_id, retry_after=float(retry_after)
+                                          if retry_after and retry_after.isdigit() else None)
             raise _PeerFailed(APIError(upstream.status_code,
                                        f"Peer node {peer.node_id[:12]} answered "
                                        f"{upstream.status_code}.", code="peer_error",
