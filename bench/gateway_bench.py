@@ -10,7 +10,6 @@ added by the hop (target <= 3 ms at p50) and the tokens/s ratio through A (targe
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -20,8 +19,9 @@ from pathlib import Path
 import httpx
 from _common import Run, http_run
 
+from llamanet.config import default_home
 from llamanet.launcher import launch_node, wait_for_swarm
-from llamanet.model_store import default_model_path, pull_default_model
+from llamanet.model_store import resolve_model
 
 
 def main() -> None:
@@ -31,10 +31,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    models = Path(os.environ.get("LLAMANET_HOME", "~/.llamanet")).expanduser() / "models"
-    model = default_model_path(models)
-    if not model.exists():
-        model = pull_default_model(models)
+    model = resolve_model(None, default_home() / "models")  # pulled if missing
     tmp = Path(tempfile.mkdtemp(prefix="llamanet-gw-bench-"))
     b = launch_node(["--model", str(model), "--model-id", "bench", "--n-threads",
                      str(args.threads), "--log-level", "warning"], tmp / "b")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -222,8 +221,9 @@ def print_table(title: str, result: LoadResult, out: Callable[[str], None] = pri
 def main() -> None:
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "src"))
+    from llamanet.config import default_home
     from llamanet.launcher import launch_node, wait_for_swarm
-    from llamanet.model_store import default_model_path, pull_default_model
+    from llamanet.model_store import resolve_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=64)
@@ -234,10 +234,7 @@ def main() -> None:
                     help="a client waits min(Retry-After, this) after a 503")
     args = ap.parse_args()
 
-    models = Path(os.environ.get("LLAMANET_HOME", "~/.llamanet")).expanduser() / "models"
-    model = default_model_path(models)
-    if not model.exists():
-        model = pull_default_model(models)
+    model = resolve_model(None, default_home() / "models")  # pulled if missing
     tmp = Path(tempfile.mkdtemp(prefix="llamanet-load-"))
     common = ["--model", str(model), "--model-id", "load", "--queue-size", str(args.queue_size),
               "--log-level", "warning"]

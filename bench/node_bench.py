@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -31,7 +30,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from _common import PROMPT, Run, free_port, http_run, summarise  # noqa: E402
 
-from llamanet.model_store import default_model_path, pull_default_model  # noqa: E402
+from llamanet.config import default_home  # noqa: E402
+from llamanet.model_store import resolve_model  # noqa: E402
 
 
 def raw_run(llm: object, tokens: int) -> Run:
@@ -90,10 +90,7 @@ def main() -> None:
     ap.add_argument("--n-ctx", type=int, default=2048)
     args = ap.parse_args()
 
-    models = Path(os.environ.get("LLAMANET_HOME", "~/.llamanet")).expanduser() / "models"
-    model = default_model_path(models)
-    if not model.exists():
-        model = pull_default_model(models)
+    model = resolve_model(None, default_home() / "models")  # pulled if missing
     tmp = Path(tempfile.mkdtemp(prefix="llamanet-bench-"))
     node_port, peer_port = free_port(), free_port()
     node_url, peer_url = f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{peer_port}"

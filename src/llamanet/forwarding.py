@@ -20,6 +20,7 @@ import httpx
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from llamanet.disconnect import unless_disconnected
 from llamanet.errors import APIError, model_not_found
 from llamanet.protocol import NodeRecord
 from llamanet.router import NodeSelector
@@ -145,7 +146,9 @@ class Gateway:
         in_flight = contextlib.ExitStack()  # counts the request against the peer until it ends
         in_flight.enter_context(self.selector.track(peer.node_id))
         try:
-            upstream = await self._send_unless_disconnected(request, upstream_request)
+            # the peer's response head, as long as our own client stays
+            upstream = await unless_disconnected(
+                request, self._http.send(upstream_request, stream=True))
         except httpx.HTTPError as exc:
             in_flight.close()
             self.selector.mark_failed(peer.node_id)
@@ -174,25 +177,6 @@ class Gateway:
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() in _PASS_RESPONSE}
         return StreamingResponse(_relay_body(upstream, in_flight), status_code=upstream.status_code,
                                  headers=out_headers)
-
-    async def _send_unless_disconnected(self, request: Request,
-                                        upstream: httpx.Request) -> httpx.Response:
-        """Waits for the peer's response head; gives up (closing it) if our client leaves."""
-        send = asyncio.ensure_future(self._http.send(upstream, stream=True))
-
-        async def disconnected() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        watcher = asyncio.ensure_future(disconnected())
-        try:
-            await asyncio.wait({send, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-        if send.done():
-            return send.result()
-        send.cancel()
-        raise APIError(499, "The client closed the request.", code="client_closed")
 
 
 class _PeerFailed(Exception):

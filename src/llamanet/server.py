@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -25,6 +25,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamanet._version import __version__
+from llamanet.disconnect import unless_disconnected
 from llamanet.engine import GenerationResult, Job, LlamaEngine, QueueFull, SamplingParams
 from llamanet.errors import APIError, install_error_handlers, model_not_found
 from llamanet.forwarding import is_forwarded
@@ -55,7 +56,6 @@ from llamanet.security import AccessControl
 from llamanet.streaming import ChatFormat, ChunkFormat, CompletionFormat, NativeFormat, event_stream
 
 log = logging.getLogger("llamanet.http")
-T = TypeVar("T")
 
 NODE_HEADER = "X-LlamaNet-Node"
 SWARM_ALIAS = "llamanet"
@@ -316,28 +316,6 @@ async def _admit(
     return engine.submit(tokens, params)
 
 
-async def _until_disconnect(request: Request, work: Awaitable[T], timeout: float) -> T:
-    """Runs `work` unless the client disconnects first (then `work` is cancelled)."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    if watcher in done:
-        raise APIError(499, "The client closed the request.", code="client_closed")
-    raise APIError(504, "The request took too long.", code="timeout")
-
-
 def _record(request: Request) -> Callable[[GenerationResult], None]:
     def on_result(result: GenerationResult) -> None:
         request.state.tokens = result.completion_tokens
@@ -362,7 +340,7 @@ def _stream(
 
 async def _run(request: Request, engine: LlamaEngine, job: Job) -> GenerationResult:
     timeout = _node(request).settings.request_timeout
-    result = await _until_disconnect(request, engine.run(job), timeout)
+    result = await unless_disconnected(request, engine.run(job), timeout)
     _record(request)(result)
     return result
 
