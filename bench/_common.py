@@ -38,8 +38,13 @@ CLIENT = httpx.Client(timeout=300)
 
 
 def http_run(base: str, tokens: int) -> Run:
-    body = {"model": "bench", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0.0,
-            "stream": True}
+    body = {
+        "model": "bench",
+        "prompt": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 0.0,
+        "stream": True,
+    }
     times: list[float] = []
     start = time.perf_counter()
     with CLIENT.stream("POST", base + "/v1/completions", json=body) as res:

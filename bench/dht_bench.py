@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kademlia.network import Server
 
-from llamanet.dht import DHTNode, Presence
-from llamanet.identity import NodeIdentity
 from llamanet.protocol import ModelInfo, NodeRecord
+from llamanet.swarm.dht import DHTNode, Presence
+from llamanet.swarm.identity import NodeIdentity
 
 
 class TimedDHTNode(DHTNode):

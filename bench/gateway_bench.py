@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 from _common import Run, http_run
 
-from llamanet.config import default_home
-from llamanet.launcher import launch_node, wait_for_swarm
-from llamanet.model_store import resolve_model
+from llamanet.cli.launcher import launch_node, wait_for_swarm
+from llamanet.node.config import default_home
+from llamanet.node.model_store import resolve_model
 
 
 def main() -> None:
@@ -33,10 +33,20 @@ def main() -> None:
 
     model = resolve_model(None, default_home() / "models")  # pulled if missing
     tmp = Path(tempfile.mkdtemp(prefix="llamanet-gw-bench-"))
-    b = launch_node(["--model", str(model), "--model-id", "bench", "--n-threads",
-                     str(args.threads), "--log-level", "warning"], tmp / "b")
-    a = launch_node(["--no-model", "--bootstrap", b.bootstrap, "--log-level", "warning"],
-                    tmp / "a")
+    b = launch_node(
+        [
+            "--model",
+            str(model),
+            "--model-id",
+            "bench",
+            "--n-threads",
+            str(args.threads),
+            "--log-level",
+            "warning",
+        ],
+        tmp / "b",
+    )
+    a = launch_node(["--no-model", "--bootstrap", b.bootstrap, "--log-level", "warning"], tmp / "a")
     try:
         wait_for_swarm([a, b])
         deadline = time.monotonic() + 30
@@ -44,8 +54,11 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError("A never learned that B serves the model")
             time.sleep(0.2)
-        via = httpx.post(a.url + "/v1/completions", json={"model": "bench", "prompt": "Hi",
-                                                           "max_tokens": 2}, timeout=60)
+        via = httpx.post(
+            a.url + "/v1/completions",
+            json={"model": "bench", "prompt": "Hi", "max_tokens": 2},
+            timeout=60,
+        )
         assert via.headers["x-llamanet-node"] == b.get("/info").json()["node_id"]
         http_run(b.url, args.tokens), http_run(a.url, args.tokens)  # warm-up both paths
         direct: list[Run] = []
@@ -63,10 +76,11 @@ def main() -> None:
 
     d_ttft, f_ttft = med(direct, "ttft_ms"), med(forwarded, "ttft_ms")
     d_tps, f_tps = med(direct, "tps"), med(forwarded, "tps")
-    added = statistics.median(f.ttft_ms - d.ttft_ms for d, f in zip(direct, forwarded,
-                                                                      strict=True))
-    print(f"\ngateway benchmark: {args.reps} interleaved reps, {args.tokens} max tokens, "
-          f"{args.threads} threads, temperature 0, medians")
+    added = statistics.median(f.ttft_ms - d.ttft_ms for d, f in zip(direct, forwarded, strict=True))
+    print(
+        f"\ngateway benchmark: {args.reps} interleaved reps, {args.tokens} max tokens, "
+        f"{args.threads} threads, temperature 0, medians"
+    )
     print(f"{'':16} {'tokens/s':>9} {'TTFT ms':>9}")
     print(f"{'direct to B':16} {d_tps:9.1f} {d_ttft:9.1f}")
     print(f"{'through A':16} {f_tps:9.1f} {f_ttft:9.1f}")

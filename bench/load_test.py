@@ -131,27 +131,42 @@ async def stream_once(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -
     except httpx.HTTPError as exc:  # the transport broke: visible to the client, not silent
         return Outcome(FAILED, detail=type(exc).__name__)
     if finish is not None and done:
-        return Outcome(COMPLETED, ttft_ms=ttft if ttft is not None else
-                       (time.perf_counter() - started) * 1000)
+        return Outcome(
+            COMPLETED, ttft_ms=ttft if ttft is not None else (time.perf_counter() - started) * 1000
+        )
     return Outcome(TRUNCATED, detail=f"finish={finish} done={done}")
 
 
-async def run_clients(url: str, clients: int, requests: int, max_tokens: int,
-                      model: str | None = None, retry_cap: float = 1.0) -> list[Outcome]:
+async def run_clients(
+    url: str,
+    clients: int,
+    requests: int,
+    max_tokens: int,
+    model: str | None = None,
+    retry_cap: float = 1.0,
+) -> list[Outcome]:
     """`clients` concurrent clients, each streaming `requests` chat completions in turn."""
     # idle pooled connections are dropped well before uvicorn's 5 s keep-alive timeout: reusing
     # one the server is closing at that very moment fails with a transport error (a client race)
-    limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients,
-                          keepalive_expiry=2.0)
+    limits = httpx.Limits(
+        max_connections=clients + 8, max_keepalive_connections=clients, keepalive_expiry=2.0
+    )
     timeout = httpx.Timeout(120.0, connect=10.0)
 
     async def client(index: int, http: httpx.AsyncClient) -> list[Outcome]:
         out = []
         for n in range(requests):
             body: dict[str, Any] = {
-                "messages": [{"role": "user", "content": f"Client {index}, request {n}: tell "
-                              "me a short story about a lighthouse."}],
-                "max_tokens": max_tokens, "temperature": 0.8, "stream": True,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": f"Client {index}, request {n}: tell "
+                        "me a short story about a lighthouse.",
+                    }
+                ],
+                "max_tokens": max_tokens,
+                "temperature": 0.8,
+                "stream": True,
             }
             if model:
                 body["model"] = model
@@ -177,17 +192,25 @@ def idle_and_healthy(url: str, timeout: float = 60.0) -> bool:
     return False
 
 
-def run_scenario(entry_url: str, model_nodes: dict[str, Any], *, clients: int, requests: int,
-                 max_tokens: int, model: str | None = None, retry_cap: float = 1.0,
-                 ) -> LoadResult:
+def run_scenario(
+    entry_url: str,
+    model_nodes: dict[str, Any],
+    *,
+    clients: int,
+    requests: int,
+    max_tokens: int,
+    model: str | None = None,
+    retry_cap: float = 1.0,
+) -> LoadResult:
     """The load against `entry_url`, watching the RSS of `model_nodes` (name -> NodeProcess)."""
     pids = {name: node.proc.pid for name, node in model_nodes.items()}
     before = {name: rss_kb(pid) for name, pid in pids.items()}
     result = LoadResult()
     started = time.perf_counter()
     with RssSampler(pids) as sampler:
-        result.outcomes = asyncio.run(run_clients(entry_url, clients, requests, max_tokens,
-                                                  model, retry_cap))
+        result.outcomes = asyncio.run(
+            run_clients(entry_url, clients, requests, max_tokens, model, retry_cap)
+        )
     result.seconds = time.perf_counter() - started
     for name, node in model_nodes.items():
         result.idle_after[name] = idle_and_healthy(node.url)
@@ -202,18 +225,25 @@ def print_table(title: str, result: LoadResult, out: Callable[[str], None] = pri
     out(f"  {'requests sent':34} {sent:>8}")
     out(f"  {'completed with finish_reason':34} {result.count(COMPLETED):>8}")
     waits = sorted(int(o.detail) for o in result.outcomes if o.kind == UNAVAILABLE)
-    spread = f"   (Retry-After {waits[0]}..{waits[-1]} s, median {waits[len(waits) // 2]})" \
-        if waits else ""
+    spread = (
+        f"   (Retry-After {waits[0]}..{waits[-1]} s, median {waits[len(waits) // 2]})"
+        if waits
+        else ""
+    )
     out(f"  {'503 with Retry-After':34} {result.count(UNAVAILABLE):>8}{spread}")
     other = result.count(FAILED)
     details = ", ".join(f"{k}: {n}" for k, n in result.details(FAILED).most_common(4))
     out(f"  {'other failures':34} {other:>8}" + (f"   ({details})" if other else ""))
     out(f"  {'silent truncations':34} {result.count(TRUNCATED):>8}")
-    out(f"  {'TTFT p50 / p95 (completed), ms':34} {result.ttft(0.5):>8.0f} / "
-        f"{result.ttft(0.95):.0f}")
+    out(
+        f"  {'TTFT p50 / p95 (completed), ms':34} {result.ttft(0.5):>8.0f} / "
+        f"{result.ttft(0.95):.0f}"
+    )
     for name, (before, peak, after) in result.rss_kb.items():
-        out(f"  {'RSS ' + name + ' before / peak / after, MiB':34} {before / 1024:>8.0f} / "
-            f"{peak / 1024:.0f} / {after / 1024:.0f}")
+        out(
+            f"  {'RSS ' + name + ' before / peak / after, MiB':34} {before / 1024:>8.0f} / "
+            f"{peak / 1024:.0f} / {after / 1024:.0f}"
+        )
     idle = ", ".join(f"{name}: {'yes' if ok else 'NO'}" for name, ok in result.idle_after.items())
     out(f"  {'idle (active 0, queued 0) + healthy':34} {idle}")
 
@@ -221,32 +251,51 @@ def print_table(title: str, result: LoadResult, out: Callable[[str], None] = pri
 def main() -> None:
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "src"))
-    from llamanet.config import default_home
-    from llamanet.launcher import launch_node, wait_for_swarm
-    from llamanet.model_store import resolve_model
+    from llamanet.cli.launcher import launch_node, wait_for_swarm
+    from llamanet.node.config import default_home
+    from llamanet.node.model_store import resolve_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--requests", type=int, default=3, help="streams per client, in turn")
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--queue-size", type=int, default=8)
-    ap.add_argument("--retry-cap", type=float, default=5.0,
-                    help="a client waits min(Retry-After, this) after a 503")
+    ap.add_argument(
+        "--retry-cap",
+        type=float,
+        default=5.0,
+        help="a client waits min(Retry-After, this) after a 503",
+    )
     args = ap.parse_args()
 
     model = resolve_model(None, default_home() / "models")  # pulled if missing
     tmp = Path(tempfile.mkdtemp(prefix="llamanet-load-"))
-    common = ["--model", str(model), "--model-id", "load", "--queue-size", str(args.queue_size),
-              "--log-level", "warning"]
-    print(f"load test: {args.clients} concurrent streaming clients x {args.requests} requests, "
-          f"max_tokens {args.max_tokens}, queue size {args.queue_size}, retry after a 503 "
-          f"within {args.retry_cap:g} s; loopback only")
+    common = [
+        "--model",
+        str(model),
+        "--model-id",
+        "load",
+        "--queue-size",
+        str(args.queue_size),
+        "--log-level",
+        "warning",
+    ]
+    print(
+        f"load test: {args.clients} concurrent streaming clients x {args.requests} requests, "
+        f"max_tokens {args.max_tokens}, queue size {args.queue_size}, retry after a 503 "
+        f"within {args.retry_cap:g} s; loopback only"
+    )
 
     single = launch_node([*common, "--n-threads", "2"], tmp / "single")
     try:
-        one = run_scenario(single.url, {"node": single}, clients=args.clients,
-                           requests=args.requests, max_tokens=args.max_tokens,
-                           retry_cap=args.retry_cap)
+        one = run_scenario(
+            single.url,
+            {"node": single},
+            clients=args.clients,
+            requests=args.requests,
+            max_tokens=args.max_tokens,
+            retry_cap=args.retry_cap,
+        )
     finally:
         single.stop()
 
@@ -254,17 +303,24 @@ def main() -> None:
     b = g = None
     try:
         b = launch_node([*common, "--n-threads", "1", "--bootstrap", a.bootstrap], tmp / "b")
-        g = launch_node(["--no-model", "--bootstrap", a.bootstrap, "--log-level", "warning"],
-                        tmp / "g")
+        g = launch_node(
+            ["--no-model", "--bootstrap", a.bootstrap, "--log-level", "warning"], tmp / "g"
+        )
         wait_for_swarm([a, b, g])
         deadline = time.monotonic() + 30
         while sum(m["nodes"] for m in g.get("/v1/models").json()["data"]) < 2:
             if time.monotonic() > deadline:
                 raise RuntimeError("the gateway never saw both model nodes")
             time.sleep(0.2)
-        swarm = run_scenario(g.url, {"A": a, "B": b}, clients=args.clients,
-                             requests=args.requests, max_tokens=args.max_tokens, model="load",
-                             retry_cap=args.retry_cap)
+        swarm = run_scenario(
+            g.url,
+            {"A": a, "B": b},
+            clients=args.clients,
+            requests=args.requests,
+            max_tokens=args.max_tokens,
+            model="load",
+            retry_cap=args.retry_cap,
+        )
         swarm.idle_after["G"] = idle_and_healthy(g.url)
         served = {name: n.status()["requests_completed"] for name, n in (("A", a), ("B", b))}
     finally:
@@ -277,9 +333,11 @@ def main() -> None:
     print(f"  {'completed by A / B':34} {served['A']:>8} / {served['B']}")
     total = len(one.outcomes) + len(swarm.outcomes)
     bad = sum(r.count(TRUNCATED) for r in (one, swarm))
-    print(f"\ntotal: {total} requests, {bad} silent truncations, "
-          f"{sum(r.count(FAILED) for r in (one, swarm))} other failures; completed through the "
-          f"swarm / one node: {swarm.count(COMPLETED) / max(1, one.count(COMPLETED)):.2f}x")
+    print(
+        f"\ntotal: {total} requests, {bad} silent truncations, "
+        f"{sum(r.count(FAILED) for r in (one, swarm))} other failures; completed through the "
+        f"swarm / one node: {swarm.count(COMPLETED) / max(1, one.count(COMPLETED)):.2f}x"
+    )
     ok = bad == 0 and all(all(r.idle_after.values()) for r in (one, swarm))
     sys.exit(0 if ok else 1)
 

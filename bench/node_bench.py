@@ -30,14 +30,19 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from _common import PROMPT, Run, free_port, http_run, summarise  # noqa: E402
 
-from llamanet.config import default_home  # noqa: E402
-from llamanet.model_store import resolve_model  # noqa: E402
+from llamanet.node.config import default_home  # noqa: E402
+from llamanet.node.model_store import resolve_model  # noqa: E402
 
 
 def raw_run(llm: object, tokens: int) -> Run:
     start = time.perf_counter()
-    times = [time.perf_counter() for chunk in llm.create_completion(  # type: ignore[attr-defined]
-        PROMPT, max_tokens=tokens, temperature=0.0, stream=True) if chunk["choices"][0]["text"]]
+    times = [
+        time.perf_counter()
+        for chunk in llm.create_completion(  # type: ignore[attr-defined]
+            PROMPT, max_tokens=tokens, temperature=0.0, stream=True
+        )
+        if chunk["choices"][0]["text"]
+    ]
     return summarise(start, times)
 
 
@@ -45,8 +50,7 @@ async def concurrent_streams(base: str, n: int, tokens: int) -> int:
     """How many of n simultaneous streams end with a finish_reason after some text."""
 
     async def one(client: httpx.AsyncClient, i: int) -> bool:
-        body = {"model": "bench", "prompt": f"{i}. {PROMPT}", "max_tokens": tokens,
-                "stream": True}
+        body = {"model": "bench", "prompt": f"{i}. {PROMPT}", "max_tokens": tokens, "stream": True}
         text, finish = "", None
         try:
             async with client.stream("POST", base + "/v1/completions", json=body) as res:
@@ -95,23 +99,61 @@ def main() -> None:
     node_port, peer_port = free_port(), free_port()
     node_url, peer_url = f"http://127.0.0.1:{node_port}", f"http://127.0.0.1:{peer_port}"
     node = start_server(
-        [sys.executable, "-m", "llamanet", "node", "--model", str(model), "--model-id", "bench",
-         "--port", str(node_port), "--dht-port", "0", "--home", str(tmp / "node"),
-         "--n-threads", str(args.threads), "--n-ctx", str(args.n_ctx), "--log-level", "warning"],
-        node_url, tmp / "node.log")
+        [
+            sys.executable,
+            "-m",
+            "llamanet",
+            "node",
+            "--model",
+            str(model),
+            "--model-id",
+            "bench",
+            "--port",
+            str(node_port),
+            "--dht-port",
+            "0",
+            "--home",
+            str(tmp / "node"),
+            "--n-threads",
+            str(args.threads),
+            "--n-ctx",
+            str(args.n_ctx),
+            "--log-level",
+            "warning",
+        ],
+        node_url,
+        tmp / "node.log",
+    )
     peer = start_server(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias",
-         "bench", "--port", str(peer_port), "--n_threads", str(args.threads), "--n_ctx",
-         str(args.n_ctx), "--verbose", "False"],
-        peer_url, tmp / "peer.log")
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--model_alias",
+            "bench",
+            "--port",
+            str(peer_port),
+            "--n_threads",
+            str(args.threads),
+            "--n_ctx",
+            str(args.n_ctx),
+            "--verbose",
+            "False",
+        ],
+        peer_url,
+        tmp / "peer.log",
+    )
     try:
         from llama_cpp import Llama
 
-        llm = Llama(model_path=str(model), n_ctx=args.n_ctx, n_threads=args.threads,
-                    verbose=False)
-        runners = {"a raw llama_cpp": lambda: raw_run(llm, args.tokens),
-                   "b llamanet node": lambda: http_run(node_url, args.tokens),
-                   "c llama_cpp.server": lambda: http_run(peer_url, args.tokens)}
+        llm = Llama(model_path=str(model), n_ctx=args.n_ctx, n_threads=args.threads, verbose=False)
+        runners = {
+            "a raw llama_cpp": lambda: raw_run(llm, args.tokens),
+            "b llamanet node": lambda: http_run(node_url, args.tokens),
+            "c llama_cpp.server": lambda: http_run(peer_url, args.tokens),
+        }
         for run in runners.values():  # warm-up (page cache, first-request costs)
             run()
         results: dict[str, list[Run]] = {name: [] for name in runners}
@@ -120,19 +162,27 @@ def main() -> None:
                 results[name].append(run())
             print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr)
         llm.close()
-        conc = {"b llamanet node": asyncio.run(concurrent_streams(node_url, 4, 64)),
-                "c llama_cpp.server": asyncio.run(concurrent_streams(peer_url, 4, 64))}
+        conc = {
+            "b llamanet node": asyncio.run(concurrent_streams(node_url, 4, 64)),
+            "c llama_cpp.server": asyncio.run(concurrent_streams(peer_url, 4, 64)),
+        }
     finally:
         for proc in (node, peer):
             proc.terminate()
             proc.wait(20)
 
-    med = {name: Run(statistics.median(r.ttft_ms for r in runs),
-                     statistics.median(r.tps for r in runs),
-                     int(statistics.median(r.chunks for r in runs)))
-           for name, runs in results.items()}
-    print(f"\nnode benchmark: {args.reps} reps, {args.tokens} max tokens, {args.threads} threads,"
-          " temperature 0, medians")
+    med = {
+        name: Run(
+            statistics.median(r.ttft_ms for r in runs),
+            statistics.median(r.tps for r in runs),
+            int(statistics.median(r.chunks for r in runs)),
+        )
+        for name, runs in results.items()
+    }
+    print(
+        f"\nnode benchmark: {args.reps} reps, {args.tokens} max tokens, {args.threads} threads,"
+        " temperature 0, medians"
+    )
     print(f"{'':22} {'tokens/s':>9} {'TTFT ms':>9} {'chunks':>7}")
     for name, m in med.items():
         print(f"{name:22} {m.tps:9.1f} {m.ttft_ms:9.1f} {m.chunks:7d}")

@@ -25,8 +25,10 @@ async def main(args: argparse.Namespace) -> int:
                 print(chunk.text, end="", flush=True)
                 if chunk.finished:
                     usage = chunk.usage.completion_tokens if chunk.usage else "?"
-                    print(f"\n\n[node {chunk.node_id[:12]}, {usage} tokens, "
-                          f"{chunk.tokens_per_second} tokens/s, finish: {chunk.finish_reason}]")
+                    print(
+                        f"\n\n[node {chunk.node_id[:12]}, {usage} tokens, "
+                        f"{chunk.tokens_per_second} tokens/s, finish: {chunk.finish_reason}]"
+                    )
         except LlamaNetError as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
             return 1
@@ -36,8 +38,9 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", action="append", default=[], help="node URL (repeatable)")
-    parser.add_argument("--bootstrap", action="append", default=[],
-                        help="DHT peer host:port (repeatable)")
+    parser.add_argument(
+        "--bootstrap", action="append", default=[], help="DHT peer host:port (repeatable)"
+    )
     parser.add_argument("--prompt", default="Write a haiku about many small computers.")
     parser.add_argument("--max-tokens", type=int, default=128)
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -52,8 +52,9 @@ def client(node: Any) -> Iterator[httpx.Client]:
         yield c
 
 
-def assert_error(res: httpx.Response, status: int, code: str | None = None,
-                 param: str | None = None) -> dict[str, Any]:
+def assert_error(
+    res: httpx.Response, status: int, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     """The status, and the OpenAI error shape: exactly message, type, param, code."""
     assert res.status_code == status, res.text
     assert res.headers["content-type"].startswith("application/json")
@@ -82,8 +83,9 @@ def assert_serves(client: httpx.Client, path: str = "/v1/chat/completions") -> N
     assert status["active"] == 0 and status["queued"] == 0
 
 
-def post_raw(client: httpx.Client, path: str, raw: bytes,
-             content_type: str | None = "application/json") -> httpx.Response:
+def post_raw(
+    client: httpx.Client, path: str, raw: bytes, content_type: str | None = "application/json"
+) -> httpx.Response:
     headers = {"content-type": content_type} if content_type is not None else {}
     return client.post(path, content=raw, headers=headers)
 
@@ -98,8 +100,14 @@ def _truncations(body: dict[str, Any]) -> list[bytes]:
 
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_malformed_and_truncated_json_is_400(client: httpx.Client, path: str) -> None:
-    bad = [b"{not json", b"{}}", b'{"max_tokens": 2,}', b"{'prompt': 'single quotes'}",
-           b"\x00\x01\x02", *_truncations(VALID[path])]
+    bad = [
+        b"{not json",
+        b"{}}",
+        b'{"max_tokens": 2,}',
+        b"{'prompt': 'single quotes'}",
+        b"\x00\x01\x02",
+        *_truncations(VALID[path]),
+    ]
     for raw in bad:
         assert_error(post_raw(client, path, raw), 400, "invalid_json")
     assert_error(post_raw(client, path, b""), 400, "invalid_json")  # no body at all
@@ -111,8 +119,15 @@ def test_malformed_and_truncated_json_is_400(client: httpx.Client, path: str) ->
 # ------------------------------------------------------------------ content type
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "multipart/form-data; boundary=x",
-                                   "application/x-www-form-urlencoded", "application/xml"])
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        "text/plain",
+        "multipart/form-data; boundary=x",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+    ],
+)
 def test_wrong_content_type_is_415(client: httpx.Client, ctype: str) -> None:
     for path in ENDPOINTS:
         res = post_raw(client, path, json.dumps(VALID[path]).encode(), ctype)
@@ -139,8 +154,11 @@ WRONG_TYPES: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/chat/completions", {"messages": CHAT, "temperature": "0.5"}, "temperature"),
     ("/v1/chat/completions", {"messages": CHAT, "stream": "yes"}, "stream"),
     ("/v1/chat/completions", {"messages": CHAT, "stream": 1}, "stream"),
-    ("/v1/chat/completions", {"messages": CHAT, "stream_options": {"include_usage": "no"}},
-     "stream_options.include_usage"),
+    (
+        "/v1/chat/completions",
+        {"messages": CHAT, "stream_options": {"include_usage": "no"}},
+        "stream_options.include_usage",
+    ),
     ("/v1/chat/completions", {"messages": CHAT, "seed": "42"}, "seed"),
     ("/v1/chat/completions", {"messages": CHAT, "model": 7}, "model"),
     ("/v1/chat/completions", {"messages": {"role": "user", "content": "hi"}}, "messages"),
@@ -155,19 +173,24 @@ WRONG_TYPES: list[tuple[str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("path", "body", "param"), WRONG_TYPES)
-def test_wrong_types_are_400(client: httpx.Client, path: str, body: dict[str, Any],
-                             param: str) -> None:
+def test_wrong_types_are_400(
+    client: httpx.Client, path: str, body: dict[str, Any], param: str
+) -> None:
     assert_error(client.post(path, json=body), 400, "invalid_value", param)
     assert_serves(client, path)
 
 
-@pytest.mark.parametrize(("path", "body", "param"), [
-    ("/v1/chat/completions", {"max_tokens": 2}, "messages"),
-    ("/v1/chat/completions/stream", {}, "messages"),
-    ("/v1/completions", {"max_tokens": 2}, "prompt"),
-])
-def test_missing_required_field_is_400(client: httpx.Client, path: str, body: dict[str, Any],
-                                       param: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"max_tokens": 2}, "messages"),
+        ("/v1/chat/completions/stream", {}, "messages"),
+        ("/v1/completions", {"max_tokens": 2}, "prompt"),
+    ],
+)
+def test_missing_required_field_is_400(
+    client: httpx.Client, path: str, body: dict[str, Any], param: str
+) -> None:
     assert_error(client.post(path, json=body), 400, "missing_required_parameter", param)
     assert_serves(client, path)
 
@@ -182,8 +205,12 @@ def test_native_needs_exactly_one_of_prompt_or_messages(client: httpx.Client, pa
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_extra_fields_are_ignored(client: httpx.Client, path: str) -> None:
     """Like OpenAI's newer SDKs sending fields this node does not know: served, not refused."""
-    body = {**VALID[path], "logit_bias": {"50256": -100}, "x_unknown": [1, {"a": None}],
-            "response_format": {"type": "text"}}
+    body = {
+        **VALID[path],
+        "logit_bias": {"50256": -100},
+        "x_unknown": [1, {"a": None}],
+        "response_format": {"type": "text"},
+    }
     res = client.post(path, json=body)
     assert res.status_code == 200, res.text
     assert_serves(client, path)
@@ -197,8 +224,9 @@ def test_unknown_model_is_404_before_any_stream(client: httpx.Client, path: str)
     for model in ("gpt-17", "", " smol", "x" * 300, "../../etc/passwd"):
         if model == "":
             continue  # "" means any model, like an absent one
-        err = assert_error(client.post(path, json={**VALID[path], "model": model}), 404,
-                           "model_not_found", "model")
+        err = assert_error(
+            client.post(path, json={**VALID[path], "model": model}), 404, "model_not_found", "model"
+        )
         assert "smol" in err["message"]  # it names what is served
     res = client.post(path, json={**VALID[path], "model": ""})
     assert res.status_code == 200
@@ -239,8 +267,12 @@ def test_unusual_but_valid_messages_are_served(client: httpx.Client) -> None:
     for messages in (
         [{"role": "assistant"}],  # an assistant turn may lack content
         [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": ""}],
-        [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text",
-                                                                      "text": " there"}]}],
+        [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": " there"}],
+            }
+        ],
         [{"role": "tool", "content": "42"}, {"role": "user", "content": "\u0000 and \u2028"}],
     ):
         res = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2})
@@ -260,34 +292,38 @@ def test_prompt_beyond_n_ctx_is_400_before_any_stream(client: httpx.Client, path
         body["prompt"] = long
     assert_error(client.post(path, json=body), 400, "context_length_exceeded")
     # a prompt that fits with a budget that does not
-    assert_error(client.post(path, json={**VALID[path], "max_tokens": N_CTX}), 400,
-                 "context_length_exceeded")
+    assert_error(
+        client.post(path, json={**VALID[path], "max_tokens": N_CTX}), 400, "context_length_exceeded"
+    )
     assert_serves(client, path)
 
 
-@pytest.mark.parametrize(("field", "value", "code"), [
-    ("max_tokens", 0, "invalid_value"),
-    ("max_tokens", -1, "invalid_value"),
-    ("max_tokens", MAX_TOKENS_LIMIT + 1, "invalid_value"),
-    ("max_tokens", 2**63, "invalid_value"),
-    ("max_tokens", 10**6, "context_length_exceeded"),  # well-formed, but beyond the context
-    ("max_completion_tokens", 0, "invalid_value"),
-    ("temperature", -0.1, "invalid_value"),
-    ("temperature", 2.01, "invalid_value"),
-    ("top_p", 0, "invalid_value"),
-    ("top_p", 1.01, "invalid_value"),
-    ("top_k", -1, "invalid_value"),
-    ("top_k", 1001, "invalid_value"),
-    ("min_p", 1.5, "invalid_value"),
-    ("repeat_penalty", 0, "invalid_value"),
-    ("presence_penalty", 2.5, "invalid_value"),
-    ("frequency_penalty", -3, "invalid_value"),
-    ("n", 2, "invalid_value"),
-])
-def test_budgets_and_sampling_out_of_range_are_400(client: httpx.Client, field: str, value: Any,
-                                                   code: str) -> None:
-    res = client.post("/v1/chat/completions", json={**VALID["/v1/chat/completions"],
-                                                    field: value})
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        ("max_tokens", 0, "invalid_value"),
+        ("max_tokens", -1, "invalid_value"),
+        ("max_tokens", MAX_TOKENS_LIMIT + 1, "invalid_value"),
+        ("max_tokens", 2**63, "invalid_value"),
+        ("max_tokens", 10**6, "context_length_exceeded"),  # well-formed, but beyond the context
+        ("max_completion_tokens", 0, "invalid_value"),
+        ("temperature", -0.1, "invalid_value"),
+        ("temperature", 2.01, "invalid_value"),
+        ("top_p", 0, "invalid_value"),
+        ("top_p", 1.01, "invalid_value"),
+        ("top_k", -1, "invalid_value"),
+        ("top_k", 1001, "invalid_value"),
+        ("min_p", 1.5, "invalid_value"),
+        ("repeat_penalty", 0, "invalid_value"),
+        ("presence_penalty", 2.5, "invalid_value"),
+        ("frequency_penalty", -3, "invalid_value"),
+        ("n", 2, "invalid_value"),
+    ],
+)
+def test_budgets_and_sampling_out_of_range_are_400(
+    client: httpx.Client, field: str, value: Any, code: str
+) -> None:
+    res = client.post("/v1/chat/completions", json={**VALID["/v1/chat/completions"], field: value})
     assert_error(res, 400, code, field if code == "invalid_value" else None)
     assert_serves(client)
 
@@ -296,18 +332,26 @@ def test_budgets_and_sampling_out_of_range_are_400(client: httpx.Client, field: 
 def test_non_finite_numbers_are_400(client: httpx.Client, literal: bytes) -> None:
     for field in (b"temperature", b"top_p", b"presence_penalty"):
         raw = b'{"prompt": "Hi", "max_tokens": 2, "' + field + b'": ' + literal + b"}"
-        assert_error(post_raw(client, "/v1/completions", raw), 400, "invalid_value",
-                     field.decode())
+        assert_error(post_raw(client, "/v1/completions", raw), 400, "invalid_value", field.decode())
     assert_serves(client, "/v1/completions")
 
 
-@pytest.mark.parametrize("stop", [
-    ["a", "b", "c", "d", "e"], ["x" * (MAX_STOP_LENGTH + 1)], "", [""], ["ok", None], {"s": 1},
-])
+@pytest.mark.parametrize(
+    "stop",
+    [
+        ["a", "b", "c", "d", "e"],
+        ["x" * (MAX_STOP_LENGTH + 1)],
+        "",
+        [""],
+        ["ok", None],
+        {"s": 1},
+    ],
+)
 def test_bad_stop_sequences_are_400(client: httpx.Client, stop: Any) -> None:
     for path in ("/v1/chat/completions", "/v1/completions", "/generate"):
-        assert_error(client.post(path, json={**VALID[path], "stop": stop}), 400,
-                     "invalid_value", "stop")
+        assert_error(
+            client.post(path, json={**VALID[path], "stop": stop}), 400, "invalid_value", "stop"
+        )
     assert_serves(client)
 
 
@@ -320,13 +364,16 @@ def test_longest_allowed_stop_list_is_served(client: httpx.Client) -> None:
 # ------------------------------------------------------------------ invalid UTF-8
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"prompt": "caf\xe9", "max_tokens": 2}',  # Latin-1, not UTF-8
-    b'{"prompt": "\xc0\xaf", "max_tokens": 2}',  # an overlong encoding
-    b'{"prompt": "\xed\xa0\x80", "max_tokens": 2}',  # a UTF-8-encoded surrogate
-    b'{"prompt": "ok", "max_tokens": 2}\xff',
-    b'\xef\xbb\xbf\xff{"prompt": "ok"}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"prompt": "caf\xe9", "max_tokens": 2}',  # Latin-1, not UTF-8
+        b'{"prompt": "\xc0\xaf", "max_tokens": 2}',  # an overlong encoding
+        b'{"prompt": "\xed\xa0\x80", "max_tokens": 2}',  # a UTF-8-encoded surrogate
+        b'{"prompt": "ok", "max_tokens": 2}\xff',
+        b'\xef\xbb\xbf\xff{"prompt": "ok"}',
+    ],
+)
 def test_invalid_utf8_bytes_are_400(client: httpx.Client, raw: bytes) -> None:
     for path in ("/v1/completions", "/generate", "/generate/stream"):
         err = assert_error(post_raw(client, path, raw), 400)
@@ -335,20 +382,32 @@ def test_invalid_utf8_bytes_are_400(client: httpx.Client, raw: bytes) -> None:
     assert_serves(client, "/v1/completions")
 
 
-@pytest.mark.parametrize(("path", "raw"), [
-    ("/v1/completions", b'{"prompt": "hi \\ud800", "max_tokens": 2}'),
-    ("/v1/completions", b'{"prompt": ["\\udfff"], "max_tokens": 2}'),
-    ("/v1/completions", b'{"prompt": "hi", "model": "\\ud83d", "max_tokens": 2}'),
-    ("/v1/completions", b'{"prompt": "hi", "stop": ["\\udc00"], "max_tokens": 2}'),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}'),
-    ("/v1/chat/completions",
-     b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udbff"}]}]}'),
-    ("/v1/chat/completions/stream", b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'),
-    ("/generate", b'{"prompt": "\\udc00\\ud800", "max_tokens": 2}'),
-    ("/generate/stream", b'{"messages": [{"role": "user", "content": "x", "name": "\\ud800"}]}'),
-])
-def test_lone_surrogate_escapes_are_400_not_500(client: httpx.Client, path: str,
-                                                raw: bytes) -> None:
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v1/completions", b'{"prompt": "hi \\ud800", "max_tokens": 2}'),
+        ("/v1/completions", b'{"prompt": ["\\udfff"], "max_tokens": 2}'),
+        ("/v1/completions", b'{"prompt": "hi", "model": "\\ud83d", "max_tokens": 2}'),
+        ("/v1/completions", b'{"prompt": "hi", "stop": ["\\udc00"], "max_tokens": 2}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}'),
+        (
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udbff"}]}]}',
+        ),
+        (
+            "/v1/chat/completions/stream",
+            b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}',
+        ),
+        ("/generate", b'{"prompt": "\\udc00\\ud800", "max_tokens": 2}'),
+        (
+            "/generate/stream",
+            b'{"messages": [{"role": "user", "content": "x", "name": "\\ud800"}]}',
+        ),
+    ],
+)
+def test_lone_surrogate_escapes_are_400_not_500(
+    client: httpx.Client, path: str, raw: bytes
+) -> None:
     """Valid JSON, but no UTF-8 text can hold a lone surrogate: refused before the tokenizer."""
     err = assert_error(post_raw(client, path, raw), 400, "invalid_value")
     assert "Unicode" in err["message"]
@@ -363,8 +422,9 @@ def test_a_proper_surrogate_pair_is_fine(client: httpx.Client) -> None:
 # ------------------------------------------------------------------ size limit (other endpoints)
 
 
-@pytest.mark.parametrize("path", ["/v1/completions", "/generate", "/generate/stream",
-                                  "/v1/chat/completions/stream"])
+@pytest.mark.parametrize(
+    "path", ["/v1/completions", "/generate", "/generate/stream", "/v1/chat/completions/stream"]
+)
 def test_body_over_the_limit_is_413_on_every_endpoint(client: httpx.Client, path: str) -> None:
     many = {"messages": [{"role": "user", "content": "x" * 1000}] * 1100, "prompt": "p"}
     res = post_raw(client, path, json.dumps(many).encode())
@@ -376,8 +436,9 @@ def test_body_over_the_limit_is_413_on_every_endpoint(client: httpx.Client, path
             yield b"y" * 65536
         yield b'"}'
 
-    assert_error(client.post(path, content=chunks(), headers={"content-type":
-                                                               "application/json"}), 413)
+    assert_error(
+        client.post(path, content=chunks(), headers={"content-type": "application/json"}), 413
+    )
     assert_serves(client, path)
 
 
@@ -448,9 +509,11 @@ def test_trickled_body_is_cut_off_with_408_while_others_are_served(start_node: A
     socks = [_connect(node) for _ in range(4)]
     try:
         for sock in socks:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                         b"Content-Type: application/json\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+            )
         replies: dict[int, bytes] = {}
         deadline = time.monotonic() + 10 * BODY_TIMEOUT  # a generous bound, not a measurement
         position = 0
@@ -459,7 +522,7 @@ def test_trickled_body_is_cut_off_with_408_while_others_are_served(start_node: A
                 if index in replies:
                     continue
                 try:
-                    sock.sendall(body[position % (len(body) - 1): position % (len(body) - 1) + 1])
+                    sock.sendall(body[position % (len(body) - 1) : position % (len(body) - 1) + 1])
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 sock.setblocking(False)
@@ -494,9 +557,11 @@ def test_a_slow_but_complete_body_within_the_timeout_is_served(node: Any) -> Non
     body = json.dumps(VALID["/v1/completions"]).encode()
     sock = _connect(node)
     try:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                     b"Content-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
         for piece in (body[:10], body[10:20], body[20:]):
             sock.sendall(piece)
             time.sleep(0.1)
@@ -543,8 +608,12 @@ def test_thousands_of_tiny_requests(node: Any, client: httpx.Client) -> None:
             async def worker() -> None:
                 while not queue.empty():
                     method, path, raw, want = kinds[queue.get_nowait() % len(kinds)]
-                    res = await http.request(method, path, content=raw, headers={
-                        "content-type": "application/json"} if raw is not None else None)
+                    res = await http.request(
+                        method,
+                        path,
+                        content=raw,
+                        headers={"content-type": "application/json"} if raw is not None else None,
+                    )
                     if res.status_code >= 400:
                         assert set(res.json()["error"]) == {"message", "type", "param", "code"}
                     outcomes[(path, want, res.status_code)] += 1

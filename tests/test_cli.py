@@ -13,15 +13,21 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llamanet.model_store import DEFAULT_FILENAME, DEFAULT_SHA256, sha256_of
+from llamanet.node.model_store import DEFAULT_FILENAME, DEFAULT_SHA256, sha256_of
 
 pytestmark = pytest.mark.model
 
 
 def llamanet(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}  # rich wraps help text at the terminal width
-    return subprocess.run([sys.executable, "-m", "llamanet", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "llamanet", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
 
 
 def test_help_lists_every_command() -> None:
@@ -76,19 +82,27 @@ def test_status_reports_an_unreachable_swarm() -> None:
 
 def _samples(node: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = node.get("/metrics").text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_metrics_parse_and_move(start_node: Any) -> None:
     node = start_node("--model-id", "smol")
     before = _samples(node)
-    res = httpx.post(node.url + "/v1/chat/completions", timeout=60, json={
-        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5})
+    res = httpx.post(
+        node.url + "/v1/chat/completions",
+        timeout=60,
+        json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5},
+    )
     assert res.status_code == 200
     after = _samples(node)
-    key = ("llamanet_http_requests_total",
-           (("endpoint", "/v1/chat/completions"), ("status", "200")))
+    key = (
+        "llamanet_http_requests_total",
+        (("endpoint", "/v1/chat/completions"), ("status", "200")),
+    )
     assert after[key] == before.get(key, 0) + 1
     tokens = ("llamanet_tokens_generated_total", ())
     assert after[tokens] == before[tokens] + res.json()["usage"]["completion_tokens"]

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from llamanet import LlamaNetClient, NodeRecord, NodeSelector, StreamInterrupted
-from llamanet.launcher import NodeProcess, wait_for_swarm
+from llamanet.cli.launcher import NodeProcess, wait_for_swarm
 
 pytestmark = pytest.mark.model
 

@@ -22,9 +22,9 @@ from llamanet.client import (
     StreamInterrupted,
     estimate_prompt_tokens,
 )
-from llamanet.identity import NodeIdentity
 from llamanet.protocol import ModelInfo, NodeRecord
-from llamanet.records import sign_record
+from llamanet.swarm.identity import NodeIdentity
+from llamanet.swarm.records import sign_record
 
 MODEL = "tiny"
 Behaviour = Callable[[httpx.Request], httpx.Response]

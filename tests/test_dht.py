@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from kademlia.node import Node
 
-from llamanet.dht import DHTNode, Presence, RecordStorage
-from llamanet.dht.keys import all_nodes_keys, digest, keys_for, model_key
-from llamanet.identity import NodeIdentity
 from llamanet.protocol import ModelInfo, NodeRecord
-from llamanet.records import canonical_bytes, encode_record, make_tombstone, sign_record
+from llamanet.swarm.dht import DHTNode, Presence, RecordStorage
+from llamanet.swarm.dht.keys import all_nodes_keys, digest, keys_for, model_key
+from llamanet.swarm.identity import NodeIdentity
+from llamanet.swarm.records import canonical_bytes, encode_record, make_tombstone, sign_record
 
 MODEL = "tinyllama-1.1b-chat"
 RPC_TIMEOUT = 0.5  # dead peers in these tests cost at most this
@@ -278,7 +278,7 @@ async def test_a_lying_peer_cannot_slip_invalid_records_into_lookups() -> None:
         liar = nodes[3]
         variants = _forge_variants(NodeIdentity.generate())
         # the liar bypasses its own validation and serves forged entries as if stored
-        from llamanet.dht.storage import Entry
+        from llamanet.swarm.dht.storage import Entry
 
         good = _record(NodeIdentity.generate())
         for index, wire in enumerate(variants.values()):

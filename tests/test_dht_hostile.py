@@ -23,21 +23,29 @@ import pytest
 from kademlia.node import Node
 
 from llamanet import LlamaNetClient
-from llamanet.dht import DHTNode
-from llamanet.dht.keys import all_nodes_keys, digest, keys_for, model_key
-from llamanet.dht.storage import Entry, RecordStorage
-from llamanet.identity import NodeIdentity
-from llamanet.launcher import wait_for_swarm
+from llamanet.cli.launcher import wait_for_swarm
 from llamanet.protocol import ModelInfo, NodeRecord
-from llamanet.records import MAX_RECORD_BYTES, canonical_bytes, encode_record, sign_record
+from llamanet.swarm.dht import DHTNode
+from llamanet.swarm.dht.keys import all_nodes_keys, digest, keys_for, model_key
+from llamanet.swarm.dht.storage import Entry, RecordStorage
+from llamanet.swarm.identity import NodeIdentity
+from llamanet.swarm.records import MAX_RECORD_BYTES, canonical_bytes, encode_record, sign_record
 
 # the attacker's UDP endpoint lives on the loop its fixture ran on: the tests must share it
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="session")]
 
 MODEL = "smol"
 FORGED = "http://127.0.0.1:9/forged"  # every forged record points here: easy to spot
-REASONS = ("unsigned", "bad_signature", "id_mismatch", "expired", "oversized", "malformed",
-           "wrong_key", "stale_seq")
+REASONS = (
+    "unsigned",
+    "bad_signature",
+    "id_mismatch",
+    "expired",
+    "oversized",
+    "malformed",
+    "wrong_key",
+    "stale_seq",
+)
 
 
 # ------------------------------------------------------------------ the swarm and the attacker
@@ -91,14 +99,20 @@ async def record_of(observer: Any, wanted: str) -> NodeRecord:
     raise AssertionError(f"{observer.url} does not know {wanted}")
 
 
-async def push(attacker: DHTNode, targets: list[tuple[Any, str]], wire: bytes, keys: list[str],
-               ttl: float = 30.0) -> int:
+async def push(
+    attacker: DHTNode,
+    targets: list[tuple[Any, str]],
+    wire: bytes,
+    keys: list[str],
+    ttl: float = 30.0,
+) -> int:
     """`put` one wire record under each key at each target; how many copies were accepted."""
     accepted = 0
     for node, target_id in targets:
         for key in keys:
-            ok, count = await attacker.protocol.call_put(dht_contact(node, target_id),
-                                                         digest(key), [[wire, ttl]])
+            ok, count = await attacker.protocol.call_put(
+                dht_contact(node, target_id), digest(key), [[wire, ttl]]
+            )
             assert ok, f"{node.url} did not answer the put"
             accepted += count
     return accepted
@@ -146,17 +160,26 @@ def forge(victim: NodeRecord) -> dict[str, tuple[bytes, list[str]]]:
     unsigned = victim.model_copy(update={**newer, "signature": ""})
     other_key = victim.model_copy(update=newer)  # the victim's key, the forger's signature
     other_key = other_key.model_copy(
-        update={"signature": forger.sign(canonical_bytes(other_key)).hex()})
+        update={"signature": forger.sign(canonical_bytes(other_key)).hex()}
+    )
     mismatch = victim.model_copy(update={**newer, "public_key": forger.public_key_hex})
     mismatch = mismatch.model_copy(  # a valid signature, but the id is not the key's hash
-        update={"signature": forger.sign(canonical_bytes(mismatch)).hex()})
-    fields: dict[str, Any] = {"url": FORGED, "models": [ModelInfo(id=MODEL, n_ctx=2048)],
-                              "version": "0.1.0", "started_at": time.time(), "ttl": 30.0}
+        update={"signature": forger.sign(canonical_bytes(mismatch)).hex()}
+    )
+    fields: dict[str, Any] = {
+        "url": FORGED,
+        "models": [ModelInfo(id=MODEL, n_ctx=2048)],
+        "version": "0.1.0",
+        "started_at": time.time(),
+        "ttl": 30.0,
+    }
     expired = sign_record(forger, **{**fields, "issued_at": time.time() - 1000})
-    oversized = sign_record(NodeIdentity.generate(),
-                            **{**fields, "url": FORGED + "/" + "a" * MAX_RECORD_BYTES})
-    elsewhere = sign_record(NodeIdentity.generate(),
-                            **{**fields, "models": [ModelInfo(id="evil", n_ctx=2048)]})
+    oversized = sign_record(
+        NodeIdentity.generate(), **{**fields, "url": FORGED + "/" + "a" * MAX_RECORD_BYTES}
+    )
+    elsewhere = sign_record(
+        NodeIdentity.generate(), **{**fields, "models": [ModelInfo(id="evil", n_ctx=2048)]}
+    )
     victim_keys = keys_for(victim)
     out = {
         "unsigned": (encode_record(unsigned), victim_keys),
@@ -166,8 +189,13 @@ def forge(victim: NodeRecord) -> dict[str, tuple[bytes, list[str]]]:
         "oversized": (encode_record(oversized), keys_for(oversized)),
         "malformed": (b"\x81\xa1i\xc4\x01x", victim_keys),
         # valid and signed, but pushed under a key it does not name: cannot squat other keys
-        "wrong_key": (encode_record(elsewhere), [model_key(MODEL), *[
-            key for key in all_nodes_keys() if key not in keys_for(elsewhere)][:2]]),
+        "wrong_key": (
+            encode_record(elsewhere),
+            [
+                model_key(MODEL),
+                *[key for key in all_nodes_keys() if key not in keys_for(elsewhere)][:2],
+            ],
+        ),
     }
     assert len(out["oversized"][0]) > MAX_RECORD_BYTES
     return out
@@ -176,8 +204,9 @@ def forge(victim: NodeRecord) -> dict[str, tuple[bytes, list[str]]]:
 # ------------------------------------------------------------------ the tests
 
 
-async def test_forged_records_pushed_to_every_node_are_refused(swarm: list[Any],
-                                                               attacker: DHTNode) -> None:
+async def test_forged_records_pushed_to_every_node_are_refused(
+    swarm: list[Any], attacker: DHTNode
+) -> None:
     ids = [await node_id(n) for n in swarm]
     victim = await record_of(swarm[0], ids[1])
     forged = forge(victim)
@@ -192,8 +221,14 @@ async def test_forged_records_pushed_to_every_node_are_refused(swarm: list[Any],
         for reason in forged:
             assert moved[reason] >= 1, (node.url, reason, moved)
     # a valid record handed over with no life left is refused too
-    fresh = sign_record(NodeIdentity.generate(), url=FORGED, version="0.1.0",
-                        started_at=time.time(), ttl=30.0, models=[ModelInfo(id=MODEL, n_ctx=8)])
+    fresh = sign_record(
+        NodeIdentity.generate(),
+        url=FORGED,
+        version="0.1.0",
+        started_at=time.time(),
+        ttl=30.0,
+        models=[ModelInfo(id=MODEL, n_ctx=8)],
+    )
     assert await push(attacker, targets, encode_record(fresh), keys_for(fresh), ttl=0.0) == 0
     for node, was in zip(swarm, middle, strict=True):
         assert (await invalid_counts(node) - was)["expired"] >= 1
@@ -201,7 +236,8 @@ async def test_forged_records_pushed_to_every_node_are_refused(swarm: list[Any],
 
 
 async def test_a_lying_replica_cannot_slip_forged_records_into_lookups(
-        swarm: list[Any], attacker: DHTNode) -> None:
+    swarm: list[Any], attacker: DHTNode
+) -> None:
     """The attacker serves the forged records from its own storage (bypassing its validation)
     to every `get`: the nodes' lookups verify what they are handed and drop all of it."""
     ids = [await node_id(n) for n in swarm]
@@ -209,14 +245,16 @@ async def test_a_lying_replica_cannot_slip_forged_records_into_lookups(
     # (not "wrong_key": that record is valid and signed, so a lookup may use it whatever key it
     # came under: it could have been published under its own keys just as well)
     forged = {k: v for k, v in forge(victim).items() if k != "wrong_key"}
-    placeholder = sign_record(NodeIdentity.generate(), url=FORGED, version="0.1.0",
-                              started_at=time.time(), ttl=30.0)
+    placeholder = sign_record(
+        NodeIdentity.generate(), url=FORGED, version="0.1.0", started_at=time.time(), ttl=30.0
+    )
     storage: RecordStorage = attacker.storage
     lookup_keys = [model_key(MODEL), *all_nodes_keys()]
     for index, (wire, _keys) in enumerate(forged.values()):
         for key in lookup_keys:
             storage.data.setdefault(digest(key), {})[f"forged-{index}"] = Entry(
-                placeholder, wire, time.monotonic() + 60, None, bytes([index]) * 8)
+                placeholder, wire, time.monotonic() + 60, None, bytes([index]) * 8
+            )
     before = [await invalid_counts(n) for n in swarm]
     await assert_nothing_forged_visible(swarm)  # these reads are the lookups
     refused_in_lookups = Counter[str]()
@@ -226,8 +264,9 @@ async def test_a_lying_replica_cannot_slip_forged_records_into_lookups(
         assert refused_in_lookups[reason] >= 1, (reason, refused_in_lookups)
 
 
-async def test_replayed_old_records_are_refused(start_node: Any, swarm: list[Any],
-                                                attacker: DHTNode) -> None:
+async def test_replayed_old_records_are_refused(
+    start_node: Any, swarm: list[Any], attacker: DHTNode
+) -> None:
     """A node's genuine but older record, replayed: refused while a newer one (a later
     heartbeat, or the tombstone of a clean stop) is held; the node stays as it is, or gone."""
     ids = [await node_id(n) for n in swarm]
@@ -248,18 +287,23 @@ async def test_replayed_old_records_are_refused(start_node: Any, swarm: list[Any
     await assert_nothing_forged_visible(swarm, gone={leaving_id})
 
 
-async def join_and_leave(start_node: Any, swarm: list[Any], heartbeat: float,
-                         ) -> tuple[str, NodeRecord]:
+async def join_and_leave(
+    start_node: Any,
+    swarm: list[Any],
+    heartbeat: float,
+) -> tuple[str, NodeRecord]:
     """A third node joins, is seen by every node, and stops cleanly (publishing a tombstone of
     ttl 3 x heartbeat); returns its id and its last live record as the swarm held it, once no
     node lists it any more."""
-    leaving = start_node("--model-id", MODEL, "--bootstrap", swarm[0].bootstrap,
-                         "--heartbeat", str(heartbeat))
+    leaving = start_node(
+        "--model-id", MODEL, "--bootstrap", swarm[0].bootstrap, "--heartbeat", str(heartbeat)
+    )
     leaving_id = await node_id(leaving)
 
     async def listed_by() -> list[bool]:
-        return [leaving_id in {r["node_id"] for r in (await get(n, "/nodes"))["nodes"]}
-                for n in swarm]
+        return [
+            leaving_id in {r["node_id"] for r in (await get(n, "/nodes"))["nodes"]} for n in swarm
+        ]
 
     deadline = time.monotonic() + 30
     while not all(await listed_by()):
@@ -281,17 +325,28 @@ async def test_a_flood_from_one_peer_is_bounded(swarm: list[Any], attacker: DHTN
     quota = RecordStorage().max_per_source
     flood = quota + 150
     key = model_key("flood")
-    wires = [encode_record(sign_record(
-        NodeIdentity.generate(), url=f"{FORGED}/{i}", version="0.1.0", started_at=time.time(),
-        ttl=20.0, models=[ModelInfo(id="flood", n_ctx=8)])) for i in range(flood)]
+    wires = [
+        encode_record(
+            sign_record(
+                NodeIdentity.generate(),
+                url=f"{FORGED}/{i}",
+                version="0.1.0",
+                started_at=time.time(),
+                ttl=20.0,
+                models=[ModelInfo(id="flood", n_ctx=8)],
+            )
+        )
+        for i in range(flood)
+    ]
     for node, target_id in zip(swarm, ids, strict=True):
         stored_before = (await get(node, "/dht/status"))["records_stored"]
         was = await invalid_counts(node)
         accepted = 0
         for start in range(0, flood, 16):  # each put well under the 8 KiB request cap
-            batch = [[wire, 20.0] for wire in wires[start:start + 16]]
-            ok, count = await attacker.protocol.call_put(dht_contact(node, target_id),
-                                                         digest(key), batch)
+            batch = [[wire, 20.0] for wire in wires[start : start + 16]]
+            ok, count = await attacker.protocol.call_put(
+                dht_contact(node, target_id), digest(key), batch
+            )
             assert ok
             accepted += count
         status = await get(node, "/dht/status")
@@ -299,14 +354,16 @@ async def test_a_flood_from_one_peer_is_bounded(swarm: list[Any], attacker: DHTN
         assert (await invalid_counts(node) - was)["over_limit"] >= flood - quota
         assert status["records_stored"] - stored_before <= quota
         async with httpx.AsyncClient(timeout=60) as http:
-            res = await http.post(node.url + "/v1/completions",
-                                  json={"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+            res = await http.post(
+                node.url + "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+            )
             assert res.status_code == 200
     await assert_nothing_forged_visible(swarm)  # `all_nodes` was never flooded
 
 
 async def test_a_replay_after_the_tombstone_expired_is_refused(
-        start_node: Any, swarm: list[Any], attacker: DHTNode) -> None:
+    start_node: Any, swarm: list[Any], attacker: DHTNode
+) -> None:
     ids = [await node_id(n) for n in swarm]
     targets = list(zip(swarm, ids, strict=True))
     leaving_id, last = await join_and_leave(start_node, swarm, heartbeat=1)

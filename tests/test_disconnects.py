@@ -26,8 +26,13 @@ STORY = [{"role": "user", "content": "Tell me a very long story about a cat."}]
 
 
 def body(max_tokens: int = LONG, stream: bool = True) -> dict[str, Any]:
-    return {"model": "smol", "messages": STORY, "max_tokens": max_tokens, "stream": stream,
-            "temperature": 0.8}
+    return {
+        "model": "smol",
+        "messages": STORY,
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "temperature": 0.8,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +53,13 @@ def idle(status: dict[str, Any]) -> bool:
 
 def accounted(before: dict[str, Any], after: dict[str, Any]) -> bool:
     """Every request admitted since `before` has ended one way or another: no orphan."""
+
     def delta(key: str) -> int:
         return after[key] - before[key]
 
-    return delta("requests_total") == (delta("requests_completed") + delta("requests_cancelled")
-                                       + delta("requests_failed"))
+    return delta("requests_total") == (
+        delta("requests_completed") + delta("requests_cancelled") + delta("requests_failed")
+    )
 
 
 def open_fds(node: Any) -> int:
@@ -71,22 +78,24 @@ def settle_fds(node: Any, baseline: int, slack: int = 2, timeout: float = 30.0) 
 @contextlib.contextmanager
 def open_stream(url: str, payload: dict[str, Any]) -> Iterator[Iterator[str]]:
     """A streaming request held open until the block ends (then the client disconnects)."""
-    with httpx.Client(timeout=60) as client, client.stream(
-            "POST", url + "/v1/chat/completions", json=payload) as res:
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", url + "/v1/chat/completions", json=payload) as res,
+    ):
         assert res.status_code == 200, res.read()
         yield res.iter_lines()
 
 
-def test_vanishing_mid_stream_at_the_gateway_stops_the_serving_node(
-        swarm: dict[str, Any]) -> None:
+def test_vanishing_mid_stream_at_the_gateway_stops_the_serving_node(swarm: dict[str, Any]) -> None:
     b, g = swarm["b"], swarm["g"]
     b.wait_until(idle)
     before, fds_b, fds_g = b.status(), open_fds(b), open_fds(g)
     with open_stream(g.url, body()) as lines:
         received = [next(lines) for _ in range(6)]  # a few events, then the client leaves
     assert any(line.startswith("data: {") for line in received)
-    after = b.wait_until(lambda s: idle(s) and s["requests_cancelled"]
-                         > before["requests_cancelled"])
+    after = b.wait_until(
+        lambda s: idle(s) and s["requests_cancelled"] > before["requests_cancelled"]
+    )
     assert after["tokens_generated"] - before["tokens_generated"] < LONG
     assert after["requests_completed"] == before["requests_completed"]
     assert accounted(before, after)
@@ -94,15 +103,20 @@ def test_vanishing_mid_stream_at_the_gateway_stops_the_serving_node(
 
 
 def test_vanishing_mid_non_stream_at_the_gateway_stops_the_serving_node(
-        swarm: dict[str, Any]) -> None:
+    swarm: dict[str, Any],
+) -> None:
     b, g = swarm["b"], swarm["g"]
     b.wait_until(idle)
     before = b.status()
     with pytest.raises(httpx.ReadTimeout):  # the client gives up while B generates
-        httpx.post(g.url + "/v1/chat/completions", json=body(stream=False),
-                   timeout=httpx.Timeout(30, read=1.0))
-    after = b.wait_until(lambda s: idle(s) and s["requests_cancelled"]
-                         > before["requests_cancelled"])
+        httpx.post(
+            g.url + "/v1/chat/completions",
+            json=body(stream=False),
+            timeout=httpx.Timeout(30, read=1.0),
+        )
+    after = b.wait_until(
+        lambda s: idle(s) and s["requests_cancelled"] > before["requests_cancelled"]
+    )
     assert after["tokens_generated"] - before["tokens_generated"] < LONG
     assert accounted(before, after)
 
@@ -127,7 +141,8 @@ def test_vanishing_while_queued_at_the_peer_frees_the_slot(swarm: dict[str, Any]
 
 
 def test_many_clients_vanishing_at_random_points_leave_nothing_behind(
-        swarm: dict[str, Any]) -> None:
+    swarm: dict[str, Any],
+) -> None:
     """24 clients, direct and through the gateway, each leaving at a random point: before the
     answer starts, after some events, or reading to the end. Afterwards the node is idle, every
     admitted request is accounted for, and no connection was leaked on either process."""
@@ -135,16 +150,21 @@ def test_many_clients_vanishing_at_random_points_leave_nothing_behind(
     b.wait_until(idle)
     before, fds_b, fds_g = b.status(), open_fds(b), open_fds(g)
     rng = random.Random(7)
-    plans = [(rng.choice([b.url, g.url]), rng.choice(["head", "events", "end"]),
-              rng.randint(1, 8)) for _ in range(24)]
+    plans = [
+        (rng.choice([b.url, g.url]), rng.choice(["head", "events", "end"]), rng.randint(1, 8))
+        for _ in range(24)
+    ]
 
     async def client(url: str, leave: str, events: int) -> str:
         payload = body(max_tokens=12 if leave == "end" else LONG)
         async with httpx.AsyncClient(timeout=60) as http:
             if leave == "head":  # gone before the answer starts
                 with contextlib.suppress(httpx.TimeoutException):
-                    await http.post(url + "/v1/chat/completions", json=payload,
-                                    timeout=httpx.Timeout(30, read=0.05))
+                    await http.post(
+                        url + "/v1/chat/completions",
+                        json=payload,
+                        timeout=httpx.Timeout(30, read=0.05),
+                    )
                 return "left"
             async with http.stream("POST", url + "/v1/chat/completions", json=payload) as res:
                 if res.status_code != 200:

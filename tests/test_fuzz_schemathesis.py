@@ -47,11 +47,19 @@ pytestmark = [pytest.mark.model, pytest.mark.timeout(900 + 10 * EXAMPLES)]  # bo
 SEED = os.environ.get("LLAMANET_FUZZ_SEED")
 MAX_TOKENS = 3
 SSE_LINES = re.compile(r"\r\n|\r|\n")  # the only line ends of Server-Sent Events
-GENERATION = {"/v1/chat/completions", "/v1/chat/completions/stream", "/v1/completions",
-              "/generate", "/generate/stream"}
-CHUNK_MODELS = {"/v1/chat/completions": ChatCompletionChunk,
-                "/v1/chat/completions/stream": ChatCompletionChunk,
-                "/v1/completions": Completion, "/generate/stream": StreamingChunk}
+GENERATION = {
+    "/v1/chat/completions",
+    "/v1/chat/completions/stream",
+    "/v1/completions",
+    "/generate",
+    "/generate/stream",
+}
+CHUNK_MODELS = {
+    "/v1/chat/completions": ChatCompletionChunk,
+    "/v1/chat/completions/stream": ChatCompletionChunk,
+    "/v1/completions": Completion,
+    "/generate/stream": StreamingChunk,
+}
 
 
 @dataclass
@@ -81,8 +89,12 @@ def cap_tokens(case: Any) -> None:
     body = case.body
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
-        in_range = (isinstance(value, int | float) and not isinstance(value, bool)
-                    and value == int(value) and 1 <= value <= MAX_TOKENS_LIMIT)
+        in_range = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and value == int(value)
+            and 1 <= value <= MAX_TOKENS_LIMIT
+        )
         if in_range:
             body[name] = min(int(value), MAX_TOKENS)
         elif name == "max_tokens" and (name not in body or value is None):
@@ -130,7 +142,7 @@ def well_formed_stream(ctx: Any, response: Any, case: Any) -> bool | None:
     finishes = [_finish_reason(chunk) for chunk in chunks]
     ends = [i for i, reason in enumerate(finishes) if reason is not None]
     assert len(ends) == 1, f"expected exactly one finish_reason, got {finishes}"
-    assert not any(_has_text(chunk) for chunk in chunks[ends[0] + 1:])  # at most usage after
+    assert not any(_has_text(chunk) for chunk in chunks[ends[0] + 1 :])  # at most usage after
     TALLY.streams["finished"] += 1
     return None
 
@@ -147,21 +159,27 @@ def _has_text(chunk: Any) -> bool:
     if not chunk.choices:
         return False
     choice = chunk.choices[0]
-    return bool(getattr(choice, "text", None) or getattr(getattr(choice, "delta", None),
-                                                            "content", None))
+    return bool(
+        getattr(choice, "text", None) or getattr(getattr(choice, "delta", None), "content", None)
+    )
 
 
 def run_schemathesis(url: str) -> tuple[list[Any], int]:
     """The whole schemathesis run (every phase, every check plus ours): failures, cases."""
-    config = schemathesis.Config.from_dict({
-        "workers": 1,
-        "request-timeout": 120,
-        "max-stream-events": 1000,  # read every stream to its end: truncation is what we check
-        "generation": {"max-examples": EXAMPLES, "database": "none",
-                       "deterministic": SEED is None and EXAMPLES == DEFAULT_EXAMPLES},
-        "checks": {"positive_data_acceptance": {"enabled": False}},  # `accepts_valid_data`
-        **({"seed": int(SEED)} if SEED is not None else {}),
-    })
+    config = schemathesis.Config.from_dict(
+        {
+            "workers": 1,
+            "request-timeout": 120,
+            "max-stream-events": 1000,  # read every stream to its end: truncation is what we check
+            "generation": {
+                "max-examples": EXAMPLES,
+                "database": "none",
+                "deterministic": SEED is None and EXAMPLES == DEFAULT_EXAMPLES,
+            },
+            "checks": {"positive_data_acceptance": {"enabled": False}},  # `accepts_valid_data`
+            **({"seed": int(SEED)} if SEED is not None else {}),
+        }
+    )
     loaded = schemathesis.openapi.from_url(url + "/openapi.json", config=config)
     failures: list[str] = []
     cases = 0
@@ -183,8 +201,10 @@ def _failures(recorder: Any) -> Iterator[str]:
         for check in checks:
             if check.status == Status.FAILURE and check.failure_info is not None:
                 failure = check.failure_info.failure
-                yield (f"{recorder.label}: {check.name}: {failure.title}\n{failure.message}\n"
-                       f"{check.failure_info.code_sample[:2000]}")
+                yield (
+                    f"{recorder.label}: {check.name}: {failure.title}\n{failure.message}\n"
+                    f"{check.failure_info.code_sample[:2000]}"
+                )
 
 
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
@@ -230,7 +250,9 @@ def test_schemathesis_finds_nothing(node: Any) -> None:
     status = node.wait_until(lambda s: s["active"] == 0 and s["queued"] == 0)
     assert status["requests_failed"] == 0
     assert node.get("/health").status_code == 200
-    print(f"\nschemathesis: {cases} cases, {sum(TALLY.responses.values())} requests over "
-          f"{len(operations)} operations: {TALLY.count(lambda s: s < 300)} 2xx, "
-          f"{TALLY.count(lambda s: 400 <= s < 500)} 4xx, {TALLY.count(lambda s: s >= 500)} 5xx;"
-          f" streams {dict(TALLY.streams)}")
+    print(
+        f"\nschemathesis: {cases} cases, {sum(TALLY.responses.values())} requests over "
+        f"{len(operations)} operations: {TALLY.count(lambda s: s < 300)} 2xx, "
+        f"{TALLY.count(lambda s: 400 <= s < 500)} 4xx, {TALLY.count(lambda s: s >= 500)} 5xx;"
+        f" streams {dict(TALLY.streams)}"
+    )

@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from llamanet.identity import NodeIdentity
 from llamanet.protocol import ModelInfo, NodeRecord
-from llamanet.records import (
+from llamanet.swarm.identity import NodeIdentity
+from llamanet.swarm.records import (
     MAX_RECORD_BYTES,
     InvalidRecord,
     canonical_bytes,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from llamanet.launcher import wait_for_swarm
+from llamanet.cli.launcher import wait_for_swarm
 
 pytestmark = pytest.mark.model
 
@@ -56,8 +56,9 @@ def assert_invariants(result: Any, entry: str) -> None:
 
 def test_many_streams_against_one_node(start_node: Any) -> None:
     node = start_node("--model-id", "load", "--queue-size", "3")
-    result = bench.run_scenario(node.url, {"node": node}, clients=CLIENTS, requests=REQUESTS,
-                                max_tokens=MAX_TOKENS)
+    result = bench.run_scenario(
+        node.url, {"node": node}, clients=CLIENTS, requests=REQUESTS, max_tokens=MAX_TOKENS
+    )
     assert_invariants(result, "one node, queue 3")
     assert result.count(bench.UNAVAILABLE) > 0  # the load really exceeded the capacity
     status = node.status()
@@ -68,16 +69,23 @@ def test_many_streams_against_one_node(start_node: Any) -> None:
 
 def test_many_streams_through_a_gateway_to_two_nodes(start_node: Any) -> None:
     a = start_node("--model-id", "load", "--queue-size", "2", "--n-threads", "1")
-    b = start_node("--model-id", "load", "--queue-size", "2", "--n-threads", "1",
-                   "--bootstrap", a.bootstrap)
+    b = start_node(
+        "--model-id", "load", "--queue-size", "2", "--n-threads", "1", "--bootstrap", a.bootstrap
+    )
     g = start_node("--no-model", "--bootstrap", a.bootstrap)
     wait_for_swarm([a, b, g])
     deadline = time.monotonic() + 30
     while sum(m["nodes"] for m in g.get("/v1/models").json()["data"]) < 2:
         assert time.monotonic() < deadline, "the gateway never saw both model nodes"
         time.sleep(0.2)
-    result = bench.run_scenario(g.url, {"A": a, "B": b}, clients=CLIENTS, requests=REQUESTS,
-                                max_tokens=MAX_TOKENS, model="load")
+    result = bench.run_scenario(
+        g.url,
+        {"A": a, "B": b},
+        clients=CLIENTS,
+        requests=REQUESTS,
+        max_tokens=MAX_TOKENS,
+        model="load",
+    )
     result.idle_after["G"] = bench.idle_and_healthy(g.url)
     assert_invariants(result, "2 nodes through a gateway, queue 2 each")
     completed = {n: node.status()["requests_completed"] for n, node in (("A", a), ("B", b))}

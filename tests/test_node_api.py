@@ -38,8 +38,7 @@ def test_models_lists_the_served_model(sdk: openai.OpenAI) -> None:
 
 
 def test_chat_non_streaming_has_usage(sdk: openai.OpenAI) -> None:
-    reply = sdk.chat.completions.create(model="smol", messages=CHAT, max_tokens=12,
-                                        temperature=0)
+    reply = sdk.chat.completions.create(model="smol", messages=CHAT, max_tokens=12, temperature=0)
     assert reply.choices[0].message.role == "assistant"
     assert reply.choices[0].message.content
     assert reply.choices[0].finish_reason in ("stop", "length")
@@ -49,9 +48,14 @@ def test_chat_non_streaming_has_usage(sdk: openai.OpenAI) -> None:
 
 
 def test_chat_streaming_wire_format(sdk: openai.OpenAI) -> None:
-    stream = sdk.chat.completions.create(model="smol", messages=CHAT, max_tokens=16,
-                                         temperature=0, stream=True,
-                                         stream_options={"include_usage": True})
+    stream = sdk.chat.completions.create(
+        model="smol",
+        messages=CHAT,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -63,20 +67,26 @@ def test_chat_streaming_wire_format(sdk: openai.OpenAI) -> None:
 
 
 def test_streamed_text_equals_non_streamed_at_temperature_zero(sdk: openai.OpenAI) -> None:
-    args: dict[str, Any] = {"model": "smol", "messages": CHAT, "max_tokens": 20,
-                            "temperature": 0}
+    args: dict[str, Any] = {"model": "smol", "messages": CHAT, "max_tokens": 20, "temperature": 0}
     full = sdk.chat.completions.create(**args).choices[0].message.content
-    streamed = "".join(c.choices[0].delta.content or ""
-                       for c in sdk.chat.completions.create(stream=True, **args) if c.choices)
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in sdk.chat.completions.create(stream=True, **args)
+        if c.choices
+    )
     assert streamed == full
 
 
 def test_completions_both_ways(sdk: openai.OpenAI) -> None:
-    done = sdk.completions.create(model="smol", prompt="The capital of France is",
-                                  max_tokens=8, temperature=0)
+    done = sdk.completions.create(
+        model="smol", prompt="The capital of France is", max_tokens=8, temperature=0
+    )
     assert done.choices[0].text and done.usage.completion_tokens <= 8
-    parts = list(sdk.completions.create(model="smol", prompt="One, two, three,", max_tokens=8,
-                                        temperature=0, stream=True))
+    parts = list(
+        sdk.completions.create(
+            model="smol", prompt="One, two, three,", max_tokens=8, temperature=0, stream=True
+        )
+    )
     assert "".join(p.choices[0].text for p in parts)
     assert parts[-1].choices[0].finish_reason in ("stop", "length")
 
@@ -85,8 +95,9 @@ def test_stop_sequence_cuts_the_answer(sdk: openai.OpenAI) -> None:
     prompt = "Count: 1, 2, 3, 4, 5, 6, 7"
     free = sdk.completions.create(model="smol", prompt=prompt, max_tokens=12, temperature=0)
     assert "," in free.choices[0].text  # the model continues the list
-    cut = sdk.completions.create(model="smol", prompt=prompt, max_tokens=12, temperature=0,
-                                 stop=[","])
+    cut = sdk.completions.create(
+        model="smol", prompt=prompt, max_tokens=12, temperature=0, stop=[","]
+    )
     assert "," not in cut.choices[0].text
     assert cut.choices[0].finish_reason == "stop"
     assert free.choices[0].text.startswith(cut.choices[0].text)
@@ -109,8 +120,9 @@ def test_unknown_model_is_404(sdk: openai.OpenAI) -> None:
 
 
 async def test_async_sdk_streams(async_sdk: openai.AsyncOpenAI) -> None:
-    stream = await async_sdk.chat.completions.create(model="smol", messages=CHAT, max_tokens=8,
-                                                     stream=True)
+    stream = await async_sdk.chat.completions.create(
+        model="smol", messages=CHAT, max_tokens=8, stream=True
+    )
     pieces = [c.choices[0].delta.content async for c in stream if c.choices]
     assert "".join(p or "" for p in pieces)
     reply = await async_sdk.completions.create(model="smol", prompt="Hi", max_tokens=4)
@@ -120,8 +132,11 @@ async def test_async_sdk_streams(async_sdk: openai.AsyncOpenAI) -> None:
 async def test_four_concurrent_streams_all_finish(async_sdk: openai.AsyncOpenAI) -> None:
     async def one(i: int) -> tuple[str, str | None]:
         stream = await async_sdk.chat.completions.create(
-            model="smol", messages=[{"role": "user", "content": f"Say a word about {i}."}],
-            max_tokens=24, stream=True)
+            model="smol",
+            messages=[{"role": "user", "content": f"Say a word about {i}."}],
+            max_tokens=24,
+            stream=True,
+        )
         text, finish = "", None
         async for chunk in stream:
             if chunk.choices:
@@ -201,15 +216,20 @@ def test_bad_chat_bodies_are_400(node: Any, body: dict[str, Any], param: str) ->
 
 def test_malformed_json_is_400(node: Any) -> None:
     for raw in (b"{not json", b'{"messages": [', b""):
-        res = _post(node, "/v1/chat/completions", content=raw,
-                    headers={"content-type": "application/json"})
+        res = _post(
+            node, "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+        )
         _assert_error(res, 400)
 
 
 def test_body_over_limit_is_413(node: Any) -> None:
     huge = json.dumps({"messages": [{"role": "user", "content": "x" * (2 << 20)}]})
-    _assert_error(_post(node, "/v1/chat/completions", content=huge,
-                        headers={"content-type": "application/json"}), 413)
+    _assert_error(
+        _post(
+            node, "/v1/chat/completions", content=huge, headers={"content-type": "application/json"}
+        ),
+        413,
+    )
 
 
 def test_native_needs_prompt_or_messages(node: Any) -> None:
@@ -227,8 +247,12 @@ def test_node_still_serves_after_bad_input(sdk: openai.OpenAI) -> None:
 
 
 def test_wrong_content_type_is_415(node: Any) -> None:
-    res = _post(node, "/v1/chat/completions", content=json.dumps({"messages": CHAT}),
-                headers={"content-type": "text/plain"})
+    res = _post(
+        node,
+        "/v1/chat/completions",
+        content=json.dumps({"messages": CHAT}),
+        headers={"content-type": "text/plain"},
+    )
     _assert_error(res, 415)
 
 
@@ -239,6 +263,7 @@ def test_chunked_body_over_limit_is_413(node: Any) -> None:
             yield b"x" * 65536
         yield b'"}]}'
 
-    res = _post(node, "/v1/chat/completions", content=chunks(),
-                headers={"content-type": "application/json"})
+    res = _post(
+        node, "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+    )
     _assert_error(res, 413)

@@ -12,8 +12,12 @@ import pytest
 
 pytestmark = pytest.mark.model
 
-LONG = {"messages": [{"role": "user", "content": "Tell me a very long story."}],
-        "max_tokens": 1500, "temperature": 0.8, "stream": True}
+LONG = {
+    "messages": [{"role": "user", "content": "Tell me a very long story."}],
+    "max_tokens": 1500,
+    "temperature": 0.8,
+    "stream": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +28,10 @@ def node(start_node: Any) -> Any:
 @contextlib.contextmanager
 def open_stream(node: Any, body: dict[str, Any]) -> Iterator[Iterator[str]]:
     """A streaming request held open until the block ends (then the client disconnects)."""
-    with httpx.Client(timeout=60) as client, client.stream(
-            "POST", node.url + "/v1/chat/completions", json=body) as res:
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", node.url + "/v1/chat/completions", json=body) as res,
+    ):
         assert res.status_code == 200, res.read()
         yield res.iter_lines()
 
@@ -55,11 +61,15 @@ def test_disconnect_mid_stream_frees_the_node(node: Any) -> None:
         received = [next(lines) for _ in range(6)]  # a few events, then the client leaves
     assert any(line.startswith("data: {") for line in received)
     # the client is gone: the node must stop that generation, not run it to 1500 tokens
-    after = node.wait_until(lambda s: idle(s)
-                            and s["requests_cancelled"] > before["requests_cancelled"])
+    after = node.wait_until(
+        lambda s: idle(s) and s["requests_cancelled"] > before["requests_cancelled"]
+    )
     assert after["tokens_generated"] - before["tokens_generated"] < 1500
-    reply = httpx.post(node.url + "/v1/chat/completions", timeout=60,
-                       json={**LONG, "stream": False, "max_tokens": 8}).json()
+    reply = httpx.post(
+        node.url + "/v1/chat/completions",
+        timeout=60,
+        json={**LONG, "stream": False, "max_tokens": 8},
+    ).json()
     assert reply["choices"][0]["finish_reason"] in ("stop", "length")
 
 
@@ -85,10 +95,10 @@ def test_disconnect_during_non_streaming_request_cancels_it(node: Any) -> None:
     # counting at temperature 0 never meets an end-of-sequence: it would run to 1500 tokens
     body = {"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 1500, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(node.url + "/v1/completions", json=body, timeout=httpx.Timeout(
-            30, read=1.0))
-    after = node.wait_until(lambda s: idle(s)
-                            and s["requests_cancelled"] > before["requests_cancelled"])
+        httpx.post(node.url + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=1.0))
+    after = node.wait_until(
+        lambda s: idle(s) and s["requests_cancelled"] > before["requests_cancelled"]
+    )
     assert after["tokens_generated"] - before["tokens_generated"] < 1500
 
 
@@ -97,8 +107,12 @@ def test_mid_stream_failure_is_an_error_event_not_a_truncation(start_node: Any) 
     slow = start_node("--request-timeout", "0.5", "--model-id", "smol")
     sdk = openai.OpenAI(base_url=slow.url + "/v1", api_key="none", max_retries=0)
     stream = sdk.chat.completions.create(
-        model="smol", messages=[{"role": "user", "content": "Count from 1 to 1000: 1, 2, 3,"}],
-        max_tokens=1500, temperature=0, stream=True)
+        model="smol",
+        messages=[{"role": "user", "content": "Count from 1 to 1000: 1, 2, 3,"}],
+        max_tokens=1500,
+        temperature=0,
+        stream=True,
+    )
     received = []
     with pytest.raises(openai.APIError) as err:
         for chunk in stream:

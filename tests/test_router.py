@@ -9,7 +9,7 @@ from contextlib import ExitStack
 import pytest
 
 from llamanet.protocol import ModelInfo, NodeRecord
-from llamanet.router import NodeSelector
+from llamanet.swarm.selector import NodeSelector
 
 MODEL = "tiny-model"
 

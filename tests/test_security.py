@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from llamanet.security import swarm_id, swarm_proof, verify_swarm_proof
+from llamanet.swarm.membership import swarm_id, swarm_proof, verify_swarm_proof
 
 CHAT = [{"role": "user", "content": "Hi"}]
 
@@ -57,24 +57,34 @@ def test_private_swarm(start_node: Any) -> None:
     outsider = start_node("--model-id", "gamma", "--bootstrap", a.bootstrap)
     _wait_models(a, {"alpha", "beta"})
     # members forward to each other
-    res = httpx.post(a.url + "/v1/chat/completions", timeout=60,
-                     json={"model": "beta", "messages": CHAT, "max_tokens": 2})
+    res = httpx.post(
+        a.url + "/v1/chat/completions",
+        timeout=60,
+        json={"model": "beta", "messages": CHAT, "max_tokens": 2},
+    )
     assert res.status_code == 200
     assert res.headers["x-llamanet-node"] == b.get("/info").json()["node_id"]
     # members do not see or route to the outsider, and the outsider not to them
     assert "gamma" not in {m["id"] for m in a.get("/v1/models").json()["data"]}
     time.sleep(2)  # a few heartbeats: the outsider had every chance to learn of them
     assert {m["id"] for m in outsider.get("/v1/models").json()["data"]} == {"gamma"}
-    res = httpx.post(outsider.url + "/v1/chat/completions", timeout=30,
-                     json={"model": "alpha", "messages": CHAT, "max_tokens": 2})
+    res = httpx.post(
+        outsider.url + "/v1/chat/completions",
+        timeout=30,
+        json={"model": "alpha", "messages": CHAT, "max_tokens": 2},
+    )
     assert res.status_code == 404
     # a forged forwarded request (no proof, or a wrong one) is refused by a member
     for proof in (None, swarm_proof("not-the-key", "ab" * 20)):
         headers = {"X-LlamaNet-Forwarded-By": "ab" * 20}
         if proof:
             headers["X-LlamaNet-Swarm-Auth"] = proof
-        res = httpx.post(b.url + "/v1/chat/completions", headers=headers, timeout=30,
-                         json={"model": "beta", "messages": CHAT, "max_tokens": 2})
+        res = httpx.post(
+            b.url + "/v1/chat/completions",
+            headers=headers,
+            timeout=30,
+            json={"model": "beta", "messages": CHAT, "max_tokens": 2},
+        )
         assert res.status_code == 403 and res.json()["error"]["code"] == "swarm_auth_failed"
 
 
@@ -83,16 +93,20 @@ def test_rate_limit_and_concurrency_limit(start_node: Any) -> None:
     node = start_node("--model-id", "smol", "--rate-limit", "3", "--max-streams", "1")
     body = {"model": "smol", "messages": CHAT, "max_tokens": 2}
     with httpx.Client(timeout=60) as client:
-        with client.stream("POST", node.url + "/v1/chat/completions",
-                           json={**body, "max_tokens": 400, "stream": True}) as running:
+        with client.stream(
+            "POST",
+            node.url + "/v1/chat/completions",
+            json={**body, "max_tokens": 400, "stream": True},
+        ) as running:
             assert running.status_code == 200
             busy = client.post(node.url + "/v1/chat/completions", json=body)
             assert busy.status_code == 429
             assert busy.json()["error"]["code"] == "concurrency_limit_exceeded"
             assert int(busy.headers["retry-after"]) >= 1
         node.wait_until(lambda s: s["active"] == 0)  # the stream's slot is free again
-        codes = [client.post(node.url + "/v1/chat/completions", json=body).status_code
-                 for _ in range(3)]
+        codes = [
+            client.post(node.url + "/v1/chat/completions", json=body).status_code for _ in range(3)
+        ]
     # 3 per minute: the stream used one (the request refused for concurrency none)
     assert codes == [200, 200, 429]
     assert node.get("/health").status_code == 200

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from llamanet.dht import DHTNode
+from llamanet.swarm.dht import DHTNode
 
 pytestmark = pytest.mark.model
 
@@ -78,11 +78,11 @@ def test_dht_status_reports_peers_and_keys(swarm: list[Any]) -> None:
     assert status["last_heartbeat"] is not None
 
 
-def test_clean_stop_disappears_at_once_and_kill_after_ttl(start_node: Any,
-                                                          swarm: list[Any]) -> None:
+def test_clean_stop_disappears_at_once_and_kill_after_ttl(
+    start_node: Any, swarm: list[Any]
+) -> None:
     a = swarm[0]
-    leaving = start_node("--model-id", "alpha", "--bootstrap", a.bootstrap,
-                         "--heartbeat", "10")
+    leaving = start_node("--model-id", "alpha", "--bootstrap", a.bootstrap, "--heartbeat", "10")
     dying = start_node("--model-id", "alpha", "--bootstrap", a.bootstrap, "--heartbeat", "1")
     leaving_id, dying_id = node_id(leaving), node_id(dying)
     eventually(lambda: {leaving_id, dying_id} <= ids(a))

@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 
-from llamanet.launcher import NodeProcess
+from llamanet.cli.launcher import NodeProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The README's picture is refreshed with LLAMANET_UPDATE_SCREENSHOT=1; other runs write it to
 # test-artifacts/ (ignored by git) so a test run leaves the work tree clean.
 _ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOT = (_ROOT / "docs" if os.environ.get("LLAMANET_UPDATE_SCREENSHOT") else
-              _ROOT / "test-artifacts") / "screenshot.png"
+SCREENSHOT = (
+    _ROOT / "docs" if os.environ.get("LLAMANET_UPDATE_SCREENSHOT") else _ROOT / "test-artifacts"
+) / "screenshot.png"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

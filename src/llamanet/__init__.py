@@ -23,7 +23,7 @@ from llamanet.protocol import (
     StreamingRequest,
     Usage,
 )
-from llamanet.router import NodeSelector
+from llamanet.swarm.selector import NodeSelector
 
 __all__ = [
     "ChatMessage",

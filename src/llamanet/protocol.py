@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+NODE_HEADER = "X-LlamaNet-Node"  # every response names the node that served it
+
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256
 MAX_TOKENS_LIMIT = 1 << 20  # far beyond any context; a request above it is malformed, not long
@@ -88,8 +90,11 @@ def _json_number(value: Any) -> Any:
     """Numbers must be JSON numbers, as the schema says (and OpenAI requires): pydantic's lax
     mode would also take `"5"` or `true`."""
     if isinstance(value, str | bool):
-        raise PydanticCustomError("number_type", "Input should be a number, not {kind}",
-                                  {"kind": "a string" if isinstance(value, str) else "a boolean"})
+        raise PydanticCustomError(
+            "number_type",
+            "Input should be a number, not {kind}",
+            {"kind": "a string" if isinstance(value, str) else "a boolean"},
+        )
     return value
 
 
@@ -108,11 +113,14 @@ MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT), Number]
 
 _STOP_ITEM = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_LENGTH}
 _STOP_SCHEMA: dict[str, Any] = {  # what `_check_stop` enforces, for the OpenAPI schema
-    "anyOf": [_STOP_ITEM, {"type": "array", "items": _STOP_ITEM, "maxItems": MAX_STOP_SEQUENCES},
-              {"type": "null"}],
+    "anyOf": [
+        _STOP_ITEM,
+        {"type": "array", "items": _STOP_ITEM, "maxItems": MAX_STOP_SEQUENCES},
+        {"type": "null"},
+    ],
     "title": "Stop",
     "description": f"Up to {MAX_STOP_SEQUENCES} non-empty stop sequences of at most "
-                   f"{MAX_STOP_LENGTH} characters each.",
+    f"{MAX_STOP_LENGTH} characters each.",
 }
 
 
@@ -219,7 +227,8 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
-def _new_id(prefix: str) -> str:
+def new_id(prefix: str) -> str:
+    """An OpenAI-style object id: `chatcmpl-…`, `cmpl-…`, `resp-…`."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
@@ -228,7 +237,7 @@ def _now() -> int:
 
 
 class ChatCompletion(BaseModel):
-    id: str = Field(default_factory=lambda: _new_id("chatcmpl"))
+    id: str = Field(default_factory=lambda: new_id("chatcmpl"))
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=_now)
     model: str
@@ -288,7 +297,7 @@ class CompletionChoice(BaseModel):
 
 
 class Completion(BaseModel):
-    id: str = Field(default_factory=lambda: _new_id("cmpl"))
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
     object: Literal["text_completion"] = "text_completion"
     created: int = Field(default_factory=_now)
     model: str
@@ -433,7 +442,9 @@ class NodeRecord(BaseModel):
     issued_at: float
     ttl: float
     withdrawn: bool = False  # a tombstone: the node left; replaces its earlier records at once
-    swarm: str = ""  # public id of a private swarm (see llamanet.security); "" = the open swarm
+    swarm: str = (
+        ""  # public id of a private swarm (see llamanet.swarm.membership); "" = the open swarm
+    )
     signature: str = ""
 
     def serves(self, model: str | None) -> bool:

@@ -68,8 +68,11 @@ class NodeProcess:
             self.proc.kill()
             self.proc.wait(5)
 
-    def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0,
-                   ) -> dict[str, Any]:
+    def wait_until(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
         """Polls `/status` until `predicate(status)` holds."""
         deadline = time.monotonic() + timeout
         status = self.status()
@@ -81,16 +84,37 @@ class NodeProcess:
         return status
 
 
-def spawn_node(args: Sequence[str], home: Path, *, env: dict[str, str] | None = None,
-               log_path: Path | None = None) -> NodeProcess:
+def spawn_node(
+    args: Sequence[str],
+    home: Path,
+    *,
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+) -> NodeProcess:
     """Starts `python -m llamanet node --port 0 --dht-port 0 --home HOME ARGS` in the background."""
     home.mkdir(parents=True, exist_ok=True)
     log_path = log_path or home / "node.log"
-    cmd = [sys.executable, "-m", "llamanet", "node", "--port", "0", "--dht-port", "0",
-           "--home", str(home), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llamanet",
+        "node",
+        "--port",
+        "0",
+        "--dht-port",
+        "0",
+        "--home",
+        str(home),
+        *args,
+    ]
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     return NodeProcess(proc, home, log_path, list(args))
 
 

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from llamanet._version import __version__
 from llamanet.protocol import (
+    NODE_HEADER,
     ChatMessage,
     ErrorDetail,
     GenerateResponse,
@@ -38,7 +39,7 @@ from llamanet.protocol import (
     StreamingChunk,
     StreamingRequest,
 )
-from llamanet.router import NodeSelector
+from llamanet.swarm.selector import NodeSelector
 
 __all__ = [
     "LlamaNetClient",
@@ -56,7 +57,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-NODE_HEADER = "X-LlamaNet-Node"
 DEFAULT_NODE_URL = "http://127.0.0.1:8000"
 DEFAULT_DHT_PORT = 8001
 CLOCK_SKEW_ALLOWANCE = 300.0  # as `records.CLOCK_SKEW`: a peer's clock may be off by this
@@ -292,7 +292,7 @@ class RecordCache:
     def _valid(self, record: NodeRecord, wall: float) -> bool:
         if not self._verify:
             return True
-        from llamanet.records import InvalidRecord, verify_record  # cryptography: load lazily
+        from llamanet.swarm.records import InvalidRecord, verify_record  # cryptography: load lazily
 
         try:
             verify_record(record, now=wall)
@@ -496,7 +496,7 @@ class LlamaNetClient:
         )
 
     async def _start_dht(self) -> None:
-        from llamanet.dht import DHTNode
+        from llamanet.swarm.dht import DHTNode
 
         host = "127.0.0.1" if all(_is_loopback(h) for h, _ in self.bootstrap) else "0.0.0.0"
         dht = DHTNode(identity=None)

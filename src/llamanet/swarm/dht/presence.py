@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from llamanet.dht.network import DHTNode
-from llamanet.identity import NodeIdentity
 from llamanet.protocol import NodeRecord
-from llamanet.records import make_tombstone, sign_record
+from llamanet.swarm.dht.network import DHTNode
+from llamanet.swarm.identity import NodeIdentity
+from llamanet.swarm.records import make_tombstone, sign_record
 
 log = logging.getLogger(__name__)
 

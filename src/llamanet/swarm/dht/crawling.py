@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 from kademlia.crawling import NodeSpiderCrawl, SpiderCrawl, ValueSpiderCrawl
 from kademlia.node import Node, NodeHeap
 
-from llamanet.dht.protocol import encode_have
-from llamanet.dht.validation import RecordValidator, read_ttl
 from llamanet.protocol import NodeRecord
-from llamanet.records import InvalidRecord
+from llamanet.swarm.dht.peer_protocol import encode_have
+from llamanet.swarm.dht.validation import RecordValidator, read_ttl
+from llamanet.swarm.records import InvalidRecord
 
 if TYPE_CHECKING:
-    from llamanet.dht.protocol import DHTProtocol
+    from llamanet.swarm.dht.peer_protocol import DHTProtocol
 
 log = logging.getLogger(__name__)
 

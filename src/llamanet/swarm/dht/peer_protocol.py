@@ -27,9 +27,9 @@ from typing import Any, Final
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
-from llamanet.dht.routing import ExactRoutingTable
-from llamanet.dht.rpc import MAX_TRACKED, Address, CallResult, MsgpackRPCProtocol
-from llamanet.dht.storage import RecordStorage, WireEntry
+from llamanet.swarm.dht.routing import ExactRoutingTable
+from llamanet.swarm.dht.rpc import MAX_TRACKED, Address, CallResult, MsgpackRPCProtocol
+from llamanet.swarm.dht.storage import RecordStorage, WireEntry
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from llamanet._version import __version__
-from llamanet.config import NodeSettings, default_home
+from llamanet.node.config import NodeSettings, default_home
 
 app = typer.Typer(
     help="LlamaNet: a decentralized inference swarm for GGUF models.",
@@ -30,14 +30,16 @@ console = Console(stderr=True)
 def setup_logging(level: str = "info") -> None:
     """Rich output on a terminal; plain, greppable lines in a log file or a pipe."""
     if console.is_terminal:
-        handler: logging.Handler = RichHandler(console=console, show_path=False,
-                                               rich_tracebacks=True)
+        handler: logging.Handler = RichHandler(
+            console=console, show_path=False, rich_tracebacks=True
+        )
         fmt = "%(message)s"
     else:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level.upper(), format=fmt, datefmt="%H:%M:%S",
-                        handlers=[handler], force=True)
+    logging.basicConfig(
+        level=level.upper(), format=fmt, datefmt="%H:%M:%S", handlers=[handler], force=True
+    )
     for noisy in ("uvicorn.access", "kademlia", "rpcudp", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("llamanet.ready").setLevel(logging.INFO)
@@ -45,8 +47,14 @@ def setup_logging(level: str = "info") -> None:
 
 def progress_bar() -> tuple[Progress, Any]:
     """A rich progress bar and the `(stage, done, total)` callback that drives it."""
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), console=console, transient=False)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=False,
+    )
     tasks: dict[str, Any] = {}
 
     def update(stage: str, done: int, total: int) -> None:
@@ -63,11 +71,15 @@ def _env(name: str) -> str:
 
 @app.command()
 def pull(
-    home: Annotated[Path | None, typer.Option(help="LlamaNet home (default ~/.llamanet).",
-                                              envvar="LLAMANET_HOME", show_envvar=True)] = None,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            help="LlamaNet home (default ~/.llamanet).", envvar="LLAMANET_HOME", show_envvar=True
+        ),
+    ] = None,
 ) -> None:
     """Fetch the default model (SmolLM2-135M-Instruct Q4_1) from PyPI into the models folder."""
-    from llamanet.model_store import ModelError, pull_default_model
+    from llamanet.node.model_store import ModelError, pull_default_model
 
     setup_logging()
     models_dir = (home or default_home()) / "models"
@@ -98,18 +110,27 @@ def serve_node(settings: NodeSettings) -> None:
     """Runs one node until Ctrl-C / SIGTERM (uvicorn handles both and shuts down cleanly)."""
     import uvicorn
 
-    from llamanet.node import Node
-    from llamanet.server import create_app
+    from llamanet.node.app import create_app
+    from llamanet.node.node import LlamaNetNode
 
     sock = bind_socket(settings.host, settings.port)
     settings.port = sock.getsockname()[1]
-    node = Node(settings)
+    node = LlamaNetNode(settings)
     log = logging.getLogger("llamanet.ready")
-    log.info("node %s listening on http://%s:%d (OpenAI base URL http://%s:%d/v1)",
-             node.node_id[:12], settings.host, settings.port, settings.host, settings.port)
+    log.info(
+        "node %s listening on http://%s:%d (OpenAI base URL http://%s:%d/v1)",
+        node.node_id[:12],
+        settings.host,
+        settings.port,
+        settings.host,
+        settings.port,
+    )
     config = uvicorn.Config(
-        create_app(node), log_config=None, log_level=settings.log_level,
-        timeout_graceful_shutdown=5, access_log=False,
+        create_app(node),
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+        access_log=False,
         http="h11",  # h11 refuses a request head over 16 KiB; httptools buffers it without limit
     )
     server = uvicorn.Server(config)
@@ -127,49 +148,96 @@ def _option(help_text: str, env: str) -> Any:
 
 @app.command()
 def node(
-    model: Annotated[Path | None, _option("GGUF model file (default: the bundled SmolLM2, "
-                                          "pulled if missing).", "model")] = None,
-    model_id: Annotated[str | None, _option("Id the model is served under (default: file "
-                                            "name without .gguf).", "model_id")] = None,
+    model: Annotated[
+        Path | None,
+        _option("GGUF model file (default: the bundled SmolLM2, pulled if missing).", "model"),
+    ] = None,
+    model_id: Annotated[
+        str | None,
+        _option("Id the model is served under (default: file name without .gguf).", "model_id"),
+    ] = None,
     host: Annotated[str | None, _option("HTTP host to bind (default 127.0.0.1).", "host")] = None,
-    port: Annotated[int | None, _option("HTTP port (default 8000; 0 picks a free one).",
-                                        "port")] = None,
-    public_url: Annotated[str | None, _option("URL peers should use to reach this node.",
-                                              "public_url")] = None,
-    n_ctx: Annotated[int | None, _option("Context length in tokens (default 2048).",
-                                         "n_ctx")] = None,
-    n_threads: Annotated[int | None, _option("CPU threads for generation (default: all).",
-                                             "n_threads")] = None,
-    queue_size: Annotated[int | None, _option("Requests that may wait behind the running one "
-                                              "(default 8); beyond it: 503.",
-                                              "queue_size")] = None,
-    dht_port: Annotated[int | None, _option("DHT UDP port (default 8001; 0 picks a free one).",
-                                            "dht_port")] = None,
-    bootstrap: Annotated[str | None, _option("DHT peers to join, host:port[,host:port].",
-                                             "bootstrap")] = None,
-    heartbeat: Annotated[float | None, _option("Seconds between DHT record refreshes "
-                                               "(default 10).", "heartbeat")] = None,
-    home: Annotated[Path | None, _option("Home for the node key and models (default "
-                                         "~/.llamanet).", "home")] = None,
-    forward: Annotated[bool | None, typer.Option(
-        "--forward/--no-forward", help="Forward requests this node cannot serve to peers.",
-        envvar="LLAMANET_FORWARD", show_envvar=True, show_default=False)] = None,
-    no_model: Annotated[bool | None, typer.Option(
-        "--no-model", help="Hold no model: only route requests into the swarm.",
-        envvar="LLAMANET_NO_MODEL", show_envvar=True, show_default=False)] = None,
-    api_key: Annotated[list[str] | None, _option("API key users must send as 'Authorization: "
-                                                 "Bearer <key>' (repeat for several).",
-                                                 "api_key")] = None,
-    swarm_key: Annotated[str | None, _option("Shared secret of a private swarm: only peers "
-                                             "with it may forward to or from this node.",
-                                             "swarm_key")] = None,
-    rate_limit: Annotated[int | None, _option("Generation requests per minute per client "
-                                              "(0 = unlimited).", "rate_limit")] = None,
-    max_streams: Annotated[int | None, _option("Concurrent generation requests per client "
-                                               "(0 = unlimited).", "max_streams")] = None,
-    request_timeout: Annotated[float | None, _option("Seconds a request may run before it is "
-                                                     "ended with an error (default 600).",
-                                                     "request_timeout")] = None,
+    port: Annotated[
+        int | None, _option("HTTP port (default 8000; 0 picks a free one).", "port")
+    ] = None,
+    public_url: Annotated[
+        str | None, _option("URL peers should use to reach this node.", "public_url")
+    ] = None,
+    n_ctx: Annotated[
+        int | None, _option("Context length in tokens (default 2048).", "n_ctx")
+    ] = None,
+    n_threads: Annotated[
+        int | None, _option("CPU threads for generation (default: all).", "n_threads")
+    ] = None,
+    queue_size: Annotated[
+        int | None,
+        _option(
+            "Requests that may wait behind the running one (default 8); beyond it: 503.",
+            "queue_size",
+        ),
+    ] = None,
+    dht_port: Annotated[
+        int | None, _option("DHT UDP port (default 8001; 0 picks a free one).", "dht_port")
+    ] = None,
+    bootstrap: Annotated[
+        str | None, _option("DHT peers to join, host:port[,host:port].", "bootstrap")
+    ] = None,
+    heartbeat: Annotated[
+        float | None, _option("Seconds between DHT record refreshes (default 10).", "heartbeat")
+    ] = None,
+    home: Annotated[
+        Path | None, _option("Home for the node key and models (default ~/.llamanet).", "home")
+    ] = None,
+    forward: Annotated[
+        bool | None,
+        typer.Option(
+            "--forward/--no-forward",
+            help="Forward requests this node cannot serve to peers.",
+            envvar="LLAMANET_FORWARD",
+            show_envvar=True,
+            show_default=False,
+        ),
+    ] = None,
+    no_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--no-model",
+            help="Hold no model: only route requests into the swarm.",
+            envvar="LLAMANET_NO_MODEL",
+            show_envvar=True,
+            show_default=False,
+        ),
+    ] = None,
+    api_key: Annotated[
+        list[str] | None,
+        _option(
+            "API key users must send as 'Authorization: Bearer <key>' (repeat for several).",
+            "api_key",
+        ),
+    ] = None,
+    swarm_key: Annotated[
+        str | None,
+        _option(
+            "Shared secret of a private swarm: only peers "
+            "with it may forward to or from this node.",
+            "swarm_key",
+        ),
+    ] = None,
+    rate_limit: Annotated[
+        int | None,
+        _option("Generation requests per minute per client (0 = unlimited).", "rate_limit"),
+    ] = None,
+    max_streams: Annotated[
+        int | None,
+        _option("Concurrent generation requests per client (0 = unlimited).", "max_streams"),
+    ] = None,
+    request_timeout: Annotated[
+        float | None,
+        _option(
+            "Seconds a request may run before it is ended with an error (default 600).",
+            "request_timeout",
+        ),
+    ] = None,
     log_level: Annotated[str | None, _option("Log level (default info).", "log_level")] = None,
 ) -> None:
     """Run an inference node: OpenAI-compatible API, native API, web UI, DHT presence."""
@@ -184,7 +252,7 @@ def node(
 
 
 def _default_model(home: Path | None) -> Path:
-    from llamanet.model_store import resolve_model
+    from llamanet.node.model_store import resolve_model
 
     models_dir = (home or default_home()) / "models"
     bar, update = progress_bar()
@@ -192,27 +260,41 @@ def _default_model(home: Path | None) -> Path:
         return resolve_model(None, models_dir, update)
 
 
-UrlOption = Annotated[str | None, typer.Option("--url", help="A node's URL to reach the swarm "
-                                               "through (default http://127.0.0.1:8000).")]
-BootstrapOption = Annotated[str | None, typer.Option(
-    help="DHT peers host:port[,host:port] to join as a light client [env: LLAMANET_BOOTSTRAP].",
-    envvar="LLAMANET_BOOTSTRAP")]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url", help="A node's URL to reach the swarm through (default http://127.0.0.1:8000)."
+    ),
+]
+BootstrapOption = Annotated[
+    str | None,
+    typer.Option(
+        help="DHT peers host:port[,host:port] to join as a light client [env: LLAMANET_BOOTSTRAP].",
+        envvar="LLAMANET_BOOTSTRAP",
+    ),
+]
 
 
 @app.command()
 def demo(
-    nodes: Annotated[int, typer.Option("--nodes", min=1, max=16,
-                                       help="How many nodes to start.")] = 2,
+    nodes: Annotated[
+        int, typer.Option("--nodes", min=1, max=16, help="How many nodes to start.")
+    ] = 2,
     once: Annotated[bool, typer.Option(help="Exit after the streamed answer.")] = False,
-    model: Annotated[Path | None, typer.Option(help="GGUF model (default: bundled SmolLM2).")
-                     ] = None,
-    home: Annotated[Path | None, typer.Option(help="Where the demo nodes keep keys and logs "
-                                              "(default: a new temporary folder).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="GGUF model (default: bundled SmolLM2).")
+    ] = None,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the demo nodes keep keys and logs (default: a new temporary folder)."
+        ),
+    ] = None,
     question: Annotated[str, typer.Option(help="What to ask the swarm.")] = "",
 ) -> None:
     """Start a local swarm on the default model, stream an answer through it, keep it running."""
-    from llamanet.console import DEMO_QUESTION, run_demo
-    from llamanet.launcher import LaunchError
+    from llamanet.cli.console import DEMO_QUESTION, run_demo
+    from llamanet.cli.launcher import LaunchError
 
     setup_logging("warning")
     out = Console()
@@ -234,12 +316,11 @@ def chat(
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
 ) -> None:
     """Chat with the swarm in the terminal, answers streamed as they are generated."""
-    from llamanet.console import client_for, interactive_chat
+    from llamanet.cli.console import client_for, interactive_chat
 
     setup_logging("warning")
     client = client_for(url, bootstrap, model)
-    asyncio.run(interactive_chat(client, Console(), max_tokens=max_tokens,
-                                 temperature=temperature))
+    asyncio.run(interactive_chat(client, Console(), max_tokens=max_tokens, temperature=temperature))
 
 
 @app.command()
@@ -249,8 +330,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Show the live nodes of the swarm: models, load, queue, tokens/s."""
+    from llamanet.cli.console import fetch_records, records_json, swarm_table
     from llamanet.client import LlamaNetError
-    from llamanet.console import fetch_records, records_json, swarm_table
 
     setup_logging("warning")
     try:
@@ -271,7 +352,7 @@ def monitor(
     interval: Annotated[float, typer.Option(min=0.2, help="Seconds between updates.")] = 1.0,
 ) -> None:
     """The swarm table, updated live until Ctrl-C."""
-    from llamanet.console import monitor as run_monitor
+    from llamanet.cli.console import monitor as run_monitor
 
     setup_logging("warning")
     with contextlib.suppress(KeyboardInterrupt):

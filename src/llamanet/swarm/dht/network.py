@@ -20,8 +20,9 @@ from typing import Any, Final
 from kademlia.network import Server
 from kademlia.node import Node
 
-from llamanet.dht.crawling import Found, NodeCrawl, RecordCrawl
-from llamanet.dht.keys import (
+from llamanet.protocol import NodeRecord
+from llamanet.swarm.dht.crawling import Found, NodeCrawl, RecordCrawl
+from llamanet.swarm.dht.keys import (
     all_nodes_keys,
     digest,
     digests_for,
@@ -29,13 +30,12 @@ from llamanet.dht.keys import (
     model_key,
     node_key,
 )
-from llamanet.dht.protocol import DHTProtocol
-from llamanet.dht.rpc import Address
-from llamanet.dht.storage import RecordStorage, WireEntry
-from llamanet.dht.validation import RecordValidator
-from llamanet.identity import NodeIdentity
-from llamanet.protocol import NodeRecord
-from llamanet.records import encode_record, remaining_ttl, verify_record
+from llamanet.swarm.dht.peer_protocol import DHTProtocol
+from llamanet.swarm.dht.rpc import Address
+from llamanet.swarm.dht.storage import RecordStorage, WireEntry
+from llamanet.swarm.dht.validation import RecordValidator
+from llamanet.swarm.identity import NodeIdentity
+from llamanet.swarm.records import encode_record, remaining_ttl, verify_record
 
 log = logging.getLogger(__name__)
 

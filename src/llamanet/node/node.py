@@ -9,13 +9,13 @@ import time
 from typing import Any
 
 from llamanet._version import __version__
-from llamanet.config import NodeSettings
-from llamanet.engine import LlamaEngine
-from llamanet.forwarding import Gateway
-from llamanet.metrics import Metrics
-from llamanet.model_store import model_id_for, resolve_model
+from llamanet.node.config import NodeSettings
+from llamanet.node.engine import LlamaEngine
+from llamanet.node.gateway import Gateway
+from llamanet.node.metrics import Metrics
+from llamanet.node.model_store import model_id_for, resolve_model
 from llamanet.protocol import ModelInfo, NodeInfo, NodeRecord, NodeStatus
-from llamanet.security import swarm_id
+from llamanet.swarm.membership import swarm_id
 
 log = logging.getLogger(__name__)
 announce = logging.getLogger("llamanet.ready")  # addresses: logged whatever the log level
@@ -28,11 +28,11 @@ def parse_hostport(value: str, default_port: int = 8001) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class Node:
+class LlamaNetNode:
     """Everything one `llamanet node` process runs; the HTTP app reads it from `app.state.node`."""
 
     def __init__(self, settings: NodeSettings) -> None:
-        from llamanet.identity import NodeIdentity
+        from llamanet.swarm.identity import NodeIdentity
 
         self.settings = settings
         self.identity = NodeIdentity.load_or_create(settings.home)
@@ -67,8 +67,12 @@ class Node:
             model_id = s.model_id or model_id_for(path)
             log.info("loading model %s from %s (n_ctx=%d)", model_id, path, s.n_ctx)
             self.engine = await LlamaEngine.load(
-                path, model_id=model_id, n_ctx=s.n_ctx, n_threads=s.n_threads or os.cpu_count(),
-                n_batch=s.n_batch, queue_size=s.queue_size,
+                path,
+                model_id=model_id,
+                n_ctx=s.n_ctx,
+                n_threads=s.n_threads or os.cpu_count(),
+                n_batch=s.n_batch,
+                queue_size=s.queue_size,
             )
             log.info("model %s ready", model_id)
             if self.presence is not None:  # announce the model now, not at the next heartbeat
@@ -82,21 +86,23 @@ class Node:
             await self._loading
 
     async def _start_dht(self) -> None:
-        from llamanet.dht import DHTNode, Presence
+        from llamanet.swarm.dht import DHTNode, Presence
 
         s = self.settings
         self.dht = DHTNode(self.identity)
         try:
             await self.dht.start(s.dht_host or s.host, s.dht_port)
         except OSError as exc:
-            log.error("DHT could not listen on UDP %s: %s; serving without discovery",
-                      s.dht_port, exc)
+            log.error(
+                "DHT could not listen on UDP %s: %s; serving without discovery", s.dht_port, exc
+            )
             self.dht = None
             return
         announce.info("DHT listening on udp %s:%s", s.dht_host or s.host, self.dht.port)
         peers = [parse_hostport(p) for p in s.bootstrap]
-        self.presence = Presence(self.dht, self.identity, self.describe, heartbeat=s.heartbeat,
-                                 bootstrap=peers)
+        self.presence = Presence(
+            self.dht, self.identity, self.describe, heartbeat=s.heartbeat, bootstrap=peers
+        )
         await self.presence.start()
 
     async def stop(self) -> None:
@@ -144,11 +150,12 @@ class Node:
         }
 
     def own_record(self) -> NodeRecord:
-        from llamanet.records import sign_record
+        from llamanet.swarm.records import sign_record
 
         seq = self.presence.seq if self.presence is not None else 0
-        return sign_record(self.identity, seq=seq, ttl=3 * self.settings.heartbeat,
-                           **self.describe())
+        return sign_record(
+            self.identity, seq=seq, ttl=3 * self.settings.heartbeat, **self.describe()
+        )
 
     def status(self) -> NodeStatus:
         e = self.engine
@@ -175,12 +182,20 @@ class Node:
 
     def info(self) -> NodeInfo:
         e = self.engine
-        meta = {k: v for k, v in (e.metadata.items() if e else ())
-                if not k.startswith("tokenizer.ggml.") and len(str(v)) < 200}
+        meta = {
+            k: v
+            for k, v in (e.metadata.items() if e else ())
+            if not k.startswith("tokenizer.ggml.") and len(str(v)) < 200
+        }
         return NodeInfo(
-            node_id=self.node_id, version=__version__, url=self.url, models=self.models(),
-            model_path=str(e.model_path) if e else None, n_threads=self.settings.n_threads,
-            started_at=self.started_at, metadata=meta,
+            node_id=self.node_id,
+            version=__version__,
+            url=self.url,
+            models=self.models(),
+            model_path=str(e.model_path) if e else None,
+            n_threads=self.settings.n_threads,
+            started_at=self.started_at,
+            metadata=meta,
         )
 
     async def find_nodes(self, model: str | None = None) -> list[NodeRecord]:

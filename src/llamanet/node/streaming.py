@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.sse import format_sse_event
 
-from llamanet.engine import GenerationResult, Job, LlamaEngine
-from llamanet.errors import stream_error_body
+from llamanet.node.engine import GenerationResult, Job, LlamaEngine, Piece
+from llamanet.node.errors import stream_error_body
+from llamanet.protocol import new_id
 
 DONE = format_sse_event(data_str="[DONE]")
 
@@ -58,9 +58,13 @@ class _OpenAIFormat(ChunkFormat):
     id_prefix = ""
 
     def __init__(self, model: str) -> None:
-        self.id = f"{self.id_prefix}-{uuid.uuid4().hex[:24]}"
-        head = {"id": self.id, "object": self.object_name, "created": int(time.time()),
-                "model": model}
+        self.id = new_id(self.id_prefix)
+        head = {
+            "id": self.id,
+            "object": self.object_name,
+            "created": int(time.time()),
+            "model": model,
+        }
         self._head = json.dumps(head, separators=(",", ":"))[:-1]  # without the closing brace
 
     def _chunk(self, choice: str, usage: str = "") -> bytes:
@@ -76,17 +80,24 @@ class ChatFormat(_OpenAIFormat):
     id_prefix = "chatcmpl"
 
     def first(self) -> bytes:
-        return self._chunk('{"index":0,"delta":{"role":"assistant","content":""},'
-                           '"logprobs":null,"finish_reason":null}')
+        return self._chunk(
+            '{"index":0,"delta":{"role":"assistant","content":""},'
+            '"logprobs":null,"finish_reason":null}'
+        )
 
     def text(self, text: str) -> bytes:
         content = json.dumps(text, ensure_ascii=False)
-        return self._chunk(f'{{"index":0,"delta":{{"content":{content}}},'
-                           f'"logprobs":null,"finish_reason":null}}')
+        return self._chunk(
+            f'{{"index":0,"delta":{{"content":{content}}},"logprobs":null,"finish_reason":null}}'
+        )
 
     def finish(self, result: GenerationResult, include_usage: bool) -> list[bytes]:
-        out = [self._chunk(f'{{"index":0,"delta":{{}},"logprobs":null,'
-                           f'"finish_reason":"{result.finish_reason}"}}')]
+        out = [
+            self._chunk(
+                f'{{"index":0,"delta":{{}},"logprobs":null,'
+                f'"finish_reason":"{result.finish_reason}"}}'
+            )
+        ]
         if include_usage:
             out.append(self._usage_chunk(result))
         return out
@@ -101,8 +112,11 @@ class CompletionFormat(_OpenAIFormat):
         return self._chunk(f'{{"index":0,"text":{content},"logprobs":null,"finish_reason":null}}')
 
     def finish(self, result: GenerationResult, include_usage: bool) -> list[bytes]:
-        out = [self._chunk(f'{{"index":0,"text":"","logprobs":null,'
-                           f'"finish_reason":"{result.finish_reason}"}}')]
+        out = [
+            self._chunk(
+                f'{{"index":0,"text":"","logprobs":null,"finish_reason":"{result.finish_reason}"}}'
+            )
+        ]
         if include_usage:
             out.append(self._usage_chunk(result))
         return out
@@ -117,18 +131,28 @@ class NativeFormat(ChunkFormat):
 
     def text(self, text: str) -> bytes:
         content = json.dumps(text, ensure_ascii=False)
-        chunk = sse(f'{{"text":{content},"index":{self.index},"finished":false,'
-                    f'"finish_reason":null,"node_id":{self.node_id}}}')
+        chunk = sse(
+            f'{{"text":{content},"index":{self.index},"finished":false,'
+            f'"finish_reason":null,"node_id":{self.node_id}}}'
+        )
         self.index += 1
         return chunk
 
     def finish(self, result: GenerationResult, include_usage: bool) -> list[bytes]:
-        return [sse_json({
-            "text": "", "index": self.index, "finished": True,
-            "finish_reason": result.finish_reason, "node_id": json.loads(self.node_id),
-            "usage": usage_of(result), "tokens_per_second": round(result.tokens_per_second, 2),
-            "ttft_ms": round(result.ttft_ms, 2),
-        })]
+        return [
+            sse_json(
+                {
+                    "text": "",
+                    "index": self.index,
+                    "finished": True,
+                    "finish_reason": result.finish_reason,
+                    "node_id": json.loads(self.node_id),
+                    "usage": usage_of(result),
+                    "tokens_per_second": round(result.tokens_per_second, 2),
+                    "ttft_ms": round(result.ttft_ms, 2),
+                }
+            )
+        ]
 
 
 async def event_stream(
@@ -147,8 +171,9 @@ async def event_stream(
     try:
         async with asyncio.timeout(timeout):
             async for item in engine.stream(job):
-                if isinstance(item, str):
-                    yield fmt.text(item)
+                if isinstance(item, Piece):
+                    if item.text:
+                        yield fmt.text(item.text)
                 else:
                     if on_result is not None:
                         on_result(item)

@@ -16,15 +16,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from llamanet.cli.launcher import NodeProcess, launch_node, spawn_node, wait_for_swarm, wait_healthy
 from llamanet.client import LlamaNetClient, LlamaNetError, NoNodeAvailable
-from llamanet.launcher import NodeProcess, launch_node, spawn_node, wait_for_swarm, wait_healthy
 from llamanet.protocol import NodeRecord
 
 DEMO_QUESTION = "In two sentences, what is a decentralized network?"
 
 
-def client_for(url: str | None, bootstrap: str | None, model: str | None = None,
-               ) -> LlamaNetClient:
+def client_for(
+    url: str | None,
+    bootstrap: str | None,
+    model: str | None = None,
+) -> LlamaNetClient:
     nodes = [url] if url else []
     peers = [p for p in (bootstrap or "").split(",") if p]
     if not nodes and not peers:
@@ -38,22 +41,28 @@ def client_for(url: str | None, bootstrap: str | None, model: str | None = None,
 def swarm_table(records: Sequence[NodeRecord], title: str = "LlamaNet swarm") -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("node", "url", "models", "load", "queue", "tok/s", "ttft ms", "last seen"):
-        table.add_column(column, justify="right" if column in ("load", "queue", "tok/s",
-                                                                "ttft ms") else "left")
+        table.add_column(
+            column, justify="right" if column in ("load", "queue", "tok/s", "ttft ms") else "left"
+        )
     now = time.time()
     for r in sorted(records, key=lambda r: r.url):
         table.add_row(
-            r.node_id[:12], r.url, ", ".join(m.id for m in r.models) or "(gateway)",
-            f"{r.load:.0%}", f"{r.active}+{r.queued}/{r.capacity}",
-            f"{r.tokens_per_second:.1f}", f"{r.ttft_ms:.0f}",
+            r.node_id[:12],
+            r.url,
+            ", ".join(m.id for m in r.models) or "(gateway)",
+            f"{r.load:.0%}",
+            f"{r.active}+{r.queued}/{r.capacity}",
+            f"{r.tokens_per_second:.1f}",
+            f"{r.ttft_ms:.0f}",
             f"{max(0, now - r.issued_at):.0f}s ago",
         )
     return table
 
 
 def records_json(records: Sequence[NodeRecord]) -> str:
-    return json.dumps([r.model_dump(exclude={"signature", "public_key"}) for r in records],
-                      indent=2)
+    return json.dumps(
+        [r.model_dump(exclude={"signature", "public_key"}) for r in records], indent=2
+    )
 
 
 async def fetch_records(url: str | None, bootstrap: str | None) -> list[NodeRecord]:
@@ -65,26 +74,38 @@ async def fetch_records(url: str | None, bootstrap: str | None) -> list[NodeReco
         return records
 
 
-async def monitor(url: str | None, bootstrap: str | None, interval: float, console: Console,
-                  ) -> None:
+async def monitor(
+    url: str | None,
+    bootstrap: str | None,
+    interval: float,
+    console: Console,
+) -> None:
     async with client_for(url, bootstrap) as client:
         with Live(swarm_table([]), console=console, refresh_per_second=4) as live:
             while True:
                 await client.refresh()
-                live.update(swarm_table(await client.nodes(),
-                                        f"LlamaNet swarm — {time.strftime('%H:%M:%S')}"))
+                live.update(
+                    swarm_table(
+                        await client.nodes(), f"LlamaNet swarm — {time.strftime('%H:%M:%S')}"
+                    )
+                )
                 await asyncio.sleep(interval)
 
 
 # ---------------------------------------------------------------------- chat
 
 
-async def stream_answer(client: LlamaNetClient, messages: list[dict[str, str]], out: Console,
-                        *, max_tokens: int = 256, temperature: float = 0.7) -> str:
+async def stream_answer(
+    client: LlamaNetClient,
+    messages: list[dict[str, str]],
+    out: Console,
+    *,
+    max_tokens: int = 256,
+    temperature: float = 0.7,
+) -> str:
     """Prints an answer token by token; returns its text."""
     text, node, usage = "", "", None
-    async for chunk in client.chat_stream(messages, max_tokens=max_tokens,
-                                          temperature=temperature):
+    async for chunk in client.chat_stream(messages, max_tokens=max_tokens, temperature=temperature):
         out.print(chunk.text, end="", markup=False, highlight=False, soft_wrap=True)
         text += chunk.text
         node, usage = chunk.node_id, chunk.usage or usage
@@ -93,13 +114,15 @@ async def stream_answer(client: LlamaNetClient, messages: list[dict[str, str]], 
     return text
 
 
-async def interactive_chat(client: LlamaNetClient, out: Console, *, max_tokens: int,
-                           temperature: float) -> None:
+async def interactive_chat(
+    client: LlamaNetClient, out: Console, *, max_tokens: int, temperature: float
+) -> None:
     """A chat loop: history kept, `/exit` leaves, Ctrl-C stops the current answer only."""
     history: list[dict[str, str]] = []
     loop = asyncio.get_running_loop()
-    out.print("[bold]LlamaNet chat[/bold] — /exit to leave, /reset to forget, Ctrl-C stops "
-              "an answer")
+    out.print(
+        "[bold]LlamaNet chat[/bold] — /exit to leave, /reset to forget, Ctrl-C stops an answer"
+    )
     async with client:
         while True:
             try:
@@ -114,9 +137,9 @@ async def interactive_chat(client: LlamaNetClient, out: Console, *, max_tokens: 
             if not line.strip():
                 continue
             history.append({"role": "user", "content": line})
-            answer = asyncio.ensure_future(stream_answer(client, history, out,
-                                                         max_tokens=max_tokens,
-                                                         temperature=temperature))
+            answer = asyncio.ensure_future(
+                stream_answer(client, history, out, max_tokens=max_tokens, temperature=temperature)
+            )
             loop.add_signal_handler(signal.SIGINT, answer.cancel)
             try:
                 history.append({"role": "assistant", "content": await answer})
@@ -133,8 +156,9 @@ async def interactive_chat(client: LlamaNetClient, out: Console, *, max_tokens: 
 # ---------------------------------------------------------------------- demo
 
 
-def start_demo_swarm(model: Path, count: int, home: Path, out: Console,
-                     extra: Sequence[str] = ()) -> list[NodeProcess]:
+def start_demo_swarm(
+    model: Path, count: int, home: Path, out: Console, extra: Sequence[str] = ()
+) -> list[NodeProcess]:
     """Starts `count` nodes on free loopback ports, each joining through the first."""
     nodes: list[NodeProcess] = []
     try:
@@ -143,8 +167,13 @@ def start_demo_swarm(model: Path, count: int, home: Path, out: Console,
         nodes.append(first)
         out.print(f"  node 1 up at {first.url} (DHT udp {first.dht_port})")
         with out.status(f"starting nodes 2..{count} ..."):
-            rest = [spawn_node(["--model", str(model), "--bootstrap", first.bootstrap, *extra],
-                               home / f"node-{i}") for i in range(2, count + 1)]
+            rest = [
+                spawn_node(
+                    ["--model", str(model), "--bootstrap", first.bootstrap, *extra],
+                    home / f"node-{i}",
+                )
+                for i in range(2, count + 1)
+            ]
             nodes.extend(rest)
             for i, node in enumerate(rest, start=2):
                 wait_healthy(node)
@@ -166,8 +195,15 @@ def stop_all(nodes: Sequence[NodeProcess]) -> None:
         node.stop()
 
 
-def run_demo(model: Path, count: int, once: bool, home: Path | None, out: Console,
-             question: str = DEMO_QUESTION, max_tokens: int = 128) -> int:
+def run_demo(
+    model: Path,
+    count: int,
+    once: bool,
+    home: Path | None,
+    out: Console,
+    question: str = DEMO_QUESTION,
+    max_tokens: int = 128,
+) -> int:
     base = home or Path(tempfile.mkdtemp(prefix="llamanet-demo-"))
     out.print(f"[bold]LlamaNet demo[/bold]: a {count}-node swarm on {model.name}")
     # the nodes share this machine: split its cores so they never oversubscribe it
@@ -178,20 +214,28 @@ def run_demo(model: Path, count: int, once: bool, home: Path | None, out: Consol
 
         async def ask() -> None:
             async with LlamaNetClient(nodes=[n.url for n in nodes]) as client:
-                await stream_answer(client, [{"role": "user", "content": question}], out,
-                                    max_tokens=max_tokens, temperature=0.7)
+                await stream_answer(
+                    client,
+                    [{"role": "user", "content": question}],
+                    out,
+                    max_tokens=max_tokens,
+                    temperature=0.7,
+                )
 
         asyncio.run(ask())
         first = nodes[0].url
         out.print(f"\nweb UI:          {first}/")
-        out.print(f"OpenAI base URL: {first}/v1   (any node: "
-                  + ", ".join(n.url for n in nodes[1:]) + ")")
+        out.print(
+            f"OpenAI base URL: {first}/v1   (any node: " + ", ".join(n.url for n in nodes[1:]) + ")"
+        )
         out.print(f"DHT bootstrap:   {nodes[0].bootstrap}")
         out.print(f"node logs:       {base}/node-*/node.log")
         if once:
             return 0
-        out.print("\nthe swarm is running — try `llamanet chat --url "
-                  f"{first}` or `llamanet monitor --url {first}`; Ctrl-C stops it")
+        out.print(
+            "\nthe swarm is running — try `llamanet chat --url "
+            f"{first}` or `llamanet monitor --url {first}`; Ctrl-C stops it"
+        )
         with contextlib.suppress(KeyboardInterrupt):
             while all(n.alive() for n in nodes):
                 time.sleep(0.5)

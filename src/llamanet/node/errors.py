@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llamanet.engine import ContextLengthExceeded, EngineClosed, EngineError, QueueFull
+from llamanet.node.engine import ContextLengthExceeded, EngineClosed, EngineError, QueueFull
 from llamanet.protocol import ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,10 @@ class APIError(Exception):
         self.status = status
         self.detail = ErrorDetail(
             message=message,
-            type=type or _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else
-                                              "invalid_request_error"),
+            type=type
+            or _TYPE_BY_STATUS.get(
+                status, "server_error" if status >= 500 else "invalid_request_error"
+            ),
             param=param,
             code=code,
         )
@@ -78,8 +80,9 @@ def model_not_found(model: str, available: list[str]) -> APIError:
 def from_engine_error(exc: EngineError) -> APIError:
     """The HTTP face of an engine error raised before a response started."""
     if isinstance(exc, QueueFull):
-        return APIError(503, str(exc), code="queue_full",
-                        headers={"Retry-After": str(exc.retry_after)})
+        return APIError(
+            503, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)}
+        )
     if isinstance(exc, ContextLengthExceeded):
         return APIError(400, str(exc), param="messages", code="context_length_exceeded")
     if isinstance(exc, EngineClosed):
@@ -92,10 +95,12 @@ def stream_error_body(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, EngineError):
         return from_engine_error(exc).body()
     if isinstance(exc, TimeoutError):
-        return APIError(504, "The request ran longer than the node's request timeout.",
-                        code="timeout").body()
-    return APIError(500, f"internal error: {exc}", type="server_error",
-                    code="internal_error").body()
+        return APIError(
+            504, "The request ran longer than the node's request timeout.", code="timeout"
+        ).body()
+    return APIError(
+        500, f"internal error: {exc}", type="server_error", code="internal_error"
+    ).body()
 
 
 _FASTAPI_BODY_ERROR = "There was an error parsing the body"  # a body json.loads() cannot read
@@ -116,8 +121,11 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
     loc = [str(part) for part in first.get("loc", ()) if part != "body" and not _is_tag(part)]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
-        return "We could not parse the JSON body of your request: it is not valid JSON.", None, \
-            "invalid_json"
+        return (
+            "We could not parse the JSON body of your request: it is not valid JSON.",
+            None,
+            "invalid_json",
+        )
     msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "missing" and param is None:
         return "The request has no body: send a JSON object.", None, "invalid_json"
@@ -151,15 +159,19 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 404:
             message = "No such endpoint. The API lives under /v1 (OpenAI) and /generate, /status."
         elif exc.status_code == 400 and message == _FASTAPI_BODY_ERROR:  # e.g. invalid UTF-8
-            message, code = "We could not read the body of your request: it is not JSON text "\
-                "in UTF-8.", "invalid_json"
+            message, code = (
+                "We could not read the body of your request: it is not JSON text in UTF-8.",
+                "invalid_json",
+            )
         elif exc.status_code == 408:
             code = "timeout"
-        return APIError(exc.status_code, message, code=code,
-                        headers=dict(exc.headers or {})).response()
+        return APIError(
+            exc.status_code, message, code=code, headers=dict(exc.headers or {})
+        ).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return APIError(500, "The node had an internal error.", type="server_error",
-                        code="internal_error").response()
+        return APIError(
+            500, "The node had an internal error.", type="server_error", code="internal_error"
+        ).response()

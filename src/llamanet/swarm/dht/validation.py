@@ -8,7 +8,7 @@ import time
 from collections import Counter, OrderedDict
 
 from llamanet.protocol import NodeRecord
-from llamanet.records import (
+from llamanet.swarm.records import (
     CLOCK_SKEW,
     MAX_RECORD_BYTES,
     InvalidRecord,

@@ -20,18 +20,17 @@ import httpx
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from llamanet.disconnect import unless_disconnected
-from llamanet.errors import APIError, model_not_found
+from llamanet.node.disconnect import unless_disconnected
+from llamanet.node.errors import APIError, model_not_found
 from llamanet.protocol import NodeRecord
-from llamanet.router import NodeSelector
-from llamanet.security import FORWARDED_HEADER, SWARM_AUTH_HEADER, swarm_proof
+from llamanet.swarm.membership import FORWARDED_HEADER, SWARM_AUTH_HEADER, swarm_proof
+from llamanet.swarm.selector import NodeSelector
 
 if TYPE_CHECKING:
-    from llamanet.node import Node
+    from llamanet.node.node import LlamaNetNode
 
 log = logging.getLogger(__name__)
 
-NODE_HEADER = "X-LlamaNet-Node"
 _PASS_REQUEST = ("content-type", "accept")  # the user's API key is for this node, not its peers
 _PASS_RESPONSE = ("content-type", "retry-after", "x-llamanet-node", "cache-control")
 MAX_ATTEMPTS = 3
@@ -44,7 +43,7 @@ def is_forwarded(request: Request) -> bool:
 class Gateway:
     """Picks peers for requests this node will not serve itself and proxies them."""
 
-    def __init__(self, node: Node, *, refresh_interval: float | None = None) -> None:
+    def __init__(self, node: LlamaNetNode, *, refresh_interval: float | None = None) -> None:
         self.node = node
         self.selector = NodeSelector()
         # twice per heartbeat: a record (ttl = 3 heartbeats) is never missed, lookups stay rare
@@ -52,8 +51,9 @@ class Gateway:
         self.records: list[NodeRecord] = []
         self.refreshed_at = 0.0
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=3.0, read=node.settings.request_timeout, write=30.0,
-                                  pool=10.0),
+            timeout=httpx.Timeout(
+                connect=3.0, read=node.settings.request_timeout, write=30.0, pool=10.0
+            ),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
         self._task: asyncio.Task[None] | None = None
@@ -97,28 +97,47 @@ class Gateway:
                 out[model.id] = (count + 1, min(n_ctx or model.n_ctx, model.n_ctx))
         return out
 
-    async def _candidates(self, model: str | None, prompt_tokens: int, max_tokens: int,
-                          tried: set[str]) -> list[NodeRecord]:
+    async def _candidates(
+        self, model: str | None, prompt_tokens: int, max_tokens: int, tried: set[str]
+    ) -> list[NodeRecord]:
         exclude = {self.node.node_id, *tried}
-        ranked = self.selector.rank(self.peers(), model=model, prompt_tokens=prompt_tokens,
-                                    max_tokens=max_tokens, exclude=exclude)
+        ranked = self.selector.rank(
+            self.peers(),
+            model=model,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            exclude=exclude,
+        )
         if not ranked and not tried:  # the cache may be stale: look once more, on demand
             await self.refresh()
-            ranked = self.selector.rank(self.peers(), model=model, prompt_tokens=prompt_tokens,
-                                        max_tokens=max_tokens, exclude=exclude)
+            ranked = self.selector.rank(
+                self.peers(),
+                model=model,
+                prompt_tokens=prompt_tokens,
+                max_tokens=max_tokens,
+                exclude=exclude,
+            )
         return ranked
 
     # ------------------------------------------------------------------ proxying
 
-    async def forward(self, request: Request, model: str | None, *, prompt_tokens: int = 0,
-                      max_tokens: int = 0, reason: str = "") -> StreamingResponse:
+    async def forward(
+        self,
+        request: Request,
+        model: str | None,
+        *,
+        prompt_tokens: int = 0,
+        max_tokens: int = 0,
+        reason: str = "",
+    ) -> StreamingResponse:
         """Sends the request to the best peer, failing over before the first byte."""
         body = await request.body()
         headers = {k: v for k, v in request.headers.items() if k.lower() in _PASS_REQUEST}
         headers[FORWARDED_HEADER] = self.node.node_id
         if self.node.settings.swarm_key:
-            headers[SWARM_AUTH_HEADER] = swarm_proof(self.node.settings.swarm_key,
-                                                     self.node.node_id)
+            headers[SWARM_AUTH_HEADER] = swarm_proof(
+                self.node.settings.swarm_key, self.node.node_id
+            )
         tried: set[str] = set()
         last_error: APIError | None = None
         for _ in range(MAX_ATTEMPTS):
@@ -135,11 +154,16 @@ class Gateway:
             raise last_error
         if model is not None and model not in self.swarm_models():
             raise model_not_found(model, sorted(self.swarm_models()))
-        raise APIError(503, "No node in the swarm can take this request right now.",
-                       code="no_capacity", headers={"Retry-After": "2"})
+        raise APIError(
+            503,
+            "No node in the swarm can take this request right now.",
+            code="no_capacity",
+            headers={"Retry-After": "2"},
+        )
 
-    async def _relay(self, request: Request, peer: NodeRecord, body: bytes,
-                     headers: dict[str, str], reason: str) -> StreamingResponse:
+    async def _relay(
+        self, request: Request, peer: NodeRecord, body: bytes, headers: dict[str, str], reason: str
+    ) -> StreamingResponse:
         url = peer.url.rstrip("/") + request.url.path
         upstream_request = self._http.build_request("POST", url, content=body, headers=headers)
         started = time.perf_counter()
@@ -148,13 +172,17 @@ class Gateway:
         try:
             # the peer's response head, as long as our own client stays
             upstream = await unless_disconnected(
-                request, self._http.send(upstream_request, stream=True))
+                request, self._http.send(upstream_request, stream=True)
+            )
         except httpx.HTTPError as exc:
             in_flight.close()
             self.selector.mark_failed(peer.node_id)
             log.warning("peer %s failed before answering: %s", peer.node_id[:12], exc)
-            raise _PeerFailed(APIError(502, f"Peer node {peer.node_id[:12]} failed: {exc}",
-                                       code="peer_unreachable")) from exc
+            raise _PeerFailed(
+                APIError(
+                    502, f"Peer node {peer.node_id[:12]} failed: {exc}", code="peer_unreachable"
+                )
+            ) from exc
         except BaseException:
             in_flight.close()
             raise
@@ -163,20 +191,29 @@ class Gateway:
             in_flight.close()
             retry_after = upstream.headers.get("retry-after")
             if upstream.status_code != 503:  # a full queue is busy, not broken: no cooldown
-                self.selector.mark_failed(peer.node_id, retry_after=float(retry_after)
-                                          if retry_after and retry_after.isdigit() else None)
-            raise _PeerFailed(APIError(upstream.status_code,
-                                       f"Peer node {peer.node_id[:12]} answered "
-                                       f"{upstream.status_code}.", code="peer_error",
-                                       headers={"Retry-After": retry_after or "1"}))
+                self.selector.mark_failed(
+                    peer.node_id,
+                    retry_after=float(retry_after)
+                    if retry_after and retry_after.isdigit()
+                    else None,
+                )
+            raise _PeerFailed(
+                APIError(
+                    upstream.status_code,
+                    f"Peer node {peer.node_id[:12]} answered {upstream.status_code}.",
+                    code="peer_error",
+                    headers={"Retry-After": retry_after or "1"},
+                )
+            )
         self.selector.mark_ok(peer.node_id)
         self.selector.record_rtt(peer.node_id, time.perf_counter() - started)
         self.node.requests_forwarded += 1
         request.state.served_by = peer.node_id[:12]
         log.info("forwarding %s to %s (%s)", request.url.path, peer.node_id[:12], reason)
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() in _PASS_RESPONSE}
-        return StreamingResponse(_relay_body(upstream, in_flight), status_code=upstream.status_code,
-                                 headers=out_headers)
+        return StreamingResponse(
+            _relay_body(upstream, in_flight), status_code=upstream.status_code, headers=out_headers
+        )
 
 
 class _PeerFailed(Exception):
@@ -185,8 +222,10 @@ class _PeerFailed(Exception):
         self.error = error
 
 
-async def _relay_body(upstream: httpx.Response, in_flight: contextlib.ExitStack,
-                      ) -> AsyncIterator[bytes]:
+async def _relay_body(
+    upstream: httpx.Response,
+    in_flight: contextlib.ExitStack,
+) -> AsyncIterator[bytes]:
     """Relays the peer's bytes as they arrive; closing it (client gone) closes the upstream."""
     try:
         async for chunk in upstream.aiter_raw():

@@ -14,7 +14,7 @@ from kademlia.node import Node
 from kademlia.routing import RoutingTable
 
 if TYPE_CHECKING:
-    from llamanet.dht.protocol import DHTProtocol
+    from llamanet.swarm.dht.peer_protocol import DHTProtocol
 
 
 class ExactRoutingTable(RoutingTable):

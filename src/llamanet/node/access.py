@@ -25,48 +25,34 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llamanet.errors import APIError
+from llamanet.node.errors import APIError
+from llamanet.swarm.membership import FORWARDED_HEADER, SWARM_AUTH_HEADER, verify_swarm_proof
 
-SWARM_AUTH_HEADER = "X-LlamaNet-Swarm-Auth"
-FORWARDED_HEADER = "X-LlamaNet-Forwarded-By"
-MAX_CLOCK_SKEW = 300.0
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions",
-                              "/v1/chat/completions/stream", "/generate", "/generate/stream"})
-
-
-def swarm_id(secret: str | None) -> str:
-    """The public name of a private swarm (empty for the open swarm)."""
-    if not secret:
-        return ""
-    return hashlib.sha256(b"llamanet-swarm:" + secret.encode()).hexdigest()[:16]
-
-
-def _mac(secret: str, stamp: str, node_id: str) -> str:
-    return hmac.new(secret.encode(), f"{stamp}.{node_id}".encode(), hashlib.sha256).hexdigest()
-
-
-def swarm_proof(secret: str, node_id: str, now: float | None = None) -> str:
-    """The header value a forwarding node sends: `<unix time>.<hmac>`."""
-    stamp = str(int(now if now is not None else time.time()))
-    return f"{stamp}.{_mac(secret, stamp, node_id)}"
-
-
-def verify_swarm_proof(secret: str, node_id: str, proof: str, now: float | None = None) -> bool:
-    stamp, _, mac = proof.partition(".")
-    if not stamp.isdigit() or not mac:
-        return False
-    if abs((now if now is not None else time.time()) - int(stamp)) > MAX_CLOCK_SKEW:
-        return False
-    return hmac.compare_digest(mac, _mac(secret, stamp, node_id))
+GENERATION_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/chat/completions/stream",
+        "/generate",
+        "/generate/stream",
+    }
+)
 
 
 class AccessControl:
     """Pure ASGI middleware (streaming-safe) applying the rules in the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, api_paths: Iterable[str], api_keys: Iterable[str] = (),
-                 swarm_key: str | None = None, rate_limit: int = 0, max_streams: int = 0,
-                 ) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_paths: Iterable[str],
+        api_keys: Iterable[str] = (),
+        swarm_key: str | None = None,
+        rate_limit: int = 0,
+        max_streams: int = 0,
+    ) -> None:
         self.app = app
         self.api_paths = frozenset(api_paths)
         self.api_keys = [k for k in api_keys if k]
@@ -77,15 +63,15 @@ class AccessControl:
         self.open_streams: Counter[str] = Counter()
 
     def _is_api(self, path: str) -> bool:
-        return path not in PUBLIC_PATHS and (path in self.api_paths or path.startswith(
-            ("/v1/", "/nodes/", "/generate")))
+        return path not in PUBLIC_PATHS and (
+            path in self.api_paths or path.startswith(("/v1/", "/nodes/", "/generate"))
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._is_api(scope["path"]):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope["headers"]}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             peer = self._check_peer(headers)
             client = None if peer else self._check_user(headers, scope)
@@ -111,9 +97,13 @@ class AccessControl:
 
     def _check_concurrency(self, client: str) -> None:
         if self.max_streams and self.open_streams[client] >= self.max_streams:
-            raise APIError(429, f"Too many concurrent requests from this client (limit "
-                           f"{self.max_streams}); wait for one to finish.",
-                           code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
+            raise APIError(
+                429,
+                f"Too many concurrent requests from this client (limit "
+                f"{self.max_streams}); wait for one to finish.",
+                code="concurrency_limit_exceeded",
+                headers={"Retry-After": "1"},
+            )
 
     def _check_peer(self, headers: dict[str, str]) -> bool:
         """True for a forwarded request proven to come from this private swarm."""
@@ -122,9 +112,13 @@ class AccessControl:
             return False
         proof = headers.get(SWARM_AUTH_HEADER.lower(), "")
         if not verify_swarm_proof(self.swarm_key, forwarded_by, proof):
-            raise APIError(403, "This node belongs to a private swarm; the forwarding node did "
-                           "not prove membership.", type="permission_error",
-                           code="swarm_auth_failed")
+            raise APIError(
+                403,
+                "This node belongs to a private swarm; the forwarding node did "
+                "not prove membership.",
+                type="permission_error",
+                code="swarm_auth_failed",
+            )
         return True
 
     def _check_user(self, headers: dict[str, str], scope: Scope) -> str:
@@ -133,10 +127,15 @@ class AccessControl:
         token = token.strip() if scheme.lower() == "bearer" else ""
         if self.api_keys:
             if not token or not any(hmac.compare_digest(token, k) for k in self.api_keys):
-                raise APIError(401, "Missing or invalid API key: send 'Authorization: Bearer "
-                               "<key>'." if not token else "Invalid API key.",
-                               type="authentication_error", code="invalid_api_key",
-                               headers={"WWW-Authenticate": "Bearer"})
+                raise APIError(
+                    401,
+                    "Missing or invalid API key: send 'Authorization: Bearer <key>'."
+                    if not token
+                    else "Invalid API key.",
+                    type="authentication_error",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
         client = scope.get("client")
         return "ip:" + (client[0] if client else "unknown")
@@ -146,6 +145,9 @@ class AccessControl:
             return
         reset = self.limiter.get_window_stats(self.rate, client).reset_time
         wait = max(1, math.ceil(reset - time.time()))
-        raise APIError(429, f"Rate limit exceeded ({self.rate.amount} requests per minute); "
-                       f"retry in {wait} s.", code="rate_limit_exceeded",
-                       headers={"Retry-After": str(wait)})
+        raise APIError(
+            429,
+            f"Rate limit exceeded ({self.rate.amount} requests per minute); retry in {wait} s.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(wait)},
+        )

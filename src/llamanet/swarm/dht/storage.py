@@ -19,10 +19,10 @@ from typing import Any
 
 from kademlia.storage import IStorage
 
-from llamanet.dht.keys import digests_for
-from llamanet.dht.validation import RecordValidator, read_ttl
 from llamanet.protocol import NodeRecord
-from llamanet.records import CLOCK_SKEW, InvalidRecord
+from llamanet.swarm.dht.keys import digests_for
+from llamanet.swarm.dht.validation import RecordValidator, read_ttl
+from llamanet.swarm.records import CLOCK_SKEW, InvalidRecord
 
 WireEntry = list[Any]  # [wire bytes, remaining ttl seconds]: what peers exchange
 

