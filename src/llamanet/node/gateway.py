@@ -13,8 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from fastapi import Request
@@ -25,9 +24,6 @@ from llamanet.node.errors import APIError, model_not_found
 from llamanet.protocol import NodeRecord
 from llamanet.swarm.membership import FORWARDED_HEADER, SWARM_AUTH_HEADER, swarm_proof
 from llamanet.swarm.selector import NodeSelector
-
-if TYPE_CHECKING:
-    from llamanet.node.node import LlamaNetNode
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +39,27 @@ def is_forwarded(request: Request) -> bool:
 class Gateway:
     """Picks peers for requests this node will not serve itself and proxies them."""
 
-    def __init__(self, node: LlamaNetNode, *, refresh_interval: float | None = None) -> None:
-        self.node = node
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        find_nodes: Callable[[], Awaitable[list[NodeRecord]]],
+        swarm_key: str | None,
+        heartbeat: float,
+        request_timeout: float,
+        on_forwarded: Callable[[], None] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.find_nodes = find_nodes
+        self.swarm_key = swarm_key
+        self.on_forwarded = on_forwarded
         self.selector = NodeSelector()
         # twice per heartbeat: a record (ttl = 3 heartbeats) is never missed, lookups stay rare
-        self.refresh_interval = refresh_interval or max(0.5, node.settings.heartbeat / 2)
+        self.refresh_interval = max(0.5, heartbeat / 2)
         self.records: list[NodeRecord] = []
         self.refreshed_at = 0.0
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=3.0, read=node.settings.request_timeout, write=30.0, pool=10.0
-            ),
+            timeout=httpx.Timeout(connect=3.0, read=request_timeout, write=30.0, pool=10.0),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
         self._task: asyncio.Task[None] | None = None
@@ -76,7 +82,7 @@ class Gateway:
             await asyncio.sleep(self.refresh_interval)
 
     async def refresh(self) -> list[NodeRecord]:
-        self.records = await self.node.find_nodes()
+        self.records = await self.find_nodes()
         self.refreshed_at = time.monotonic()
         return self.records
 
@@ -86,7 +92,7 @@ class Gateway:
         return self.records if fresh and self.records else None
 
     def peers(self) -> list[NodeRecord]:
-        return [r for r in self.records if r.node_id != self.node.node_id and not r.withdrawn]
+        return [r for r in self.records if r.node_id != self.node_id and not r.withdrawn]
 
     def swarm_models(self) -> dict[str, tuple[int, int | None]]:
         """model id -> (number of nodes serving it, smallest n_ctx), over live records."""
@@ -100,7 +106,7 @@ class Gateway:
     async def _candidates(
         self, model: str | None, prompt_tokens: int, max_tokens: int, tried: set[str]
     ) -> list[NodeRecord]:
-        exclude = {self.node.node_id, *tried}
+        exclude = {self.node_id, *tried}
         ranked = self.selector.rank(
             self.peers(),
             model=model,
@@ -133,11 +139,9 @@ class Gateway:
         """Sends the request to the best peer, failing over before the first byte."""
         body = await request.body()
         headers = {k: v for k, v in request.headers.items() if k.lower() in _PASS_REQUEST}
-        headers[FORWARDED_HEADER] = self.node.node_id
-        if self.node.settings.swarm_key:
-            headers[SWARM_AUTH_HEADER] = swarm_proof(
-                self.node.settings.swarm_key, self.node.node_id
-            )
+        headers[FORWARDED_HEADER] = self.node_id
+        if self.swarm_key:
+            headers[SWARM_AUTH_HEADER] = swarm_proof(self.swarm_key, self.node_id)
         tried: set[str] = set()
         last_error: APIError | None = None
         for _ in range(MAX_ATTEMPTS):
@@ -207,7 +211,8 @@ class Gateway:
             )
         self.selector.mark_ok(peer.node_id)
         self.selector.record_rtt(peer.node_id, time.perf_counter() - started)
-        self.node.requests_forwarded += 1
+        if self.on_forwarded is not None:
+            self.on_forwarded()
         request.state.served_by = peer.node_id[:12]
         log.info("forwarding %s to %s (%s)", request.url.path, peer.node_id[:12], reason)
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() in _PASS_RESPONSE}

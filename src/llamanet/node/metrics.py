@@ -2,31 +2,36 @@
 
 Request counts and latency histograms are observed as requests end; everything the node already
 counts (tokens, queue depth, active requests, forwarded requests, DHT peers) is read at scrape
-time by a collector, so the token loop pays nothing for metrics.
+time by a collector, so the token loop pays nothing for metrics. The collector is handed two
+callables (the node's status and its DHT status), not the node itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from llamanet.node.node import LlamaNetNode
+from llamanet.protocol import NodeStatus
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class _NodeCollector(Collector):
-    def __init__(self, node: LlamaNetNode) -> None:
-        self.node = node
+    def __init__(
+        self, status: Callable[[], NodeStatus], dht_status: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.status = status
+        self.dht_status = dht_status
 
     def collect(self) -> Iterator[Metric]:
-        s = self.node.status()
+        s = self.status()
         yield CounterMetricFamily(
             "llamanet_tokens_generated", "Completion tokens generated.", value=s.tokens_generated
         )
@@ -53,18 +58,25 @@ class _NodeCollector(Collector):
             "Moving average of decode speed.",
             value=s.tokens_per_second,
         )
-        peers = 0
-        if self.node.dht is not None:
-            peers = int(self.node.dht.status().get("routing_table_size", 0))
+        peers = int(self.dht_status().get("routing_table_size", 0))
         yield GaugeMetricFamily(
             "llamanet_dht_peers", "Peers in the DHT routing table.", value=peers
         )
 
 
 class Metrics:
-    """One registry per node (not the global default), so several apps can live in a process."""
+    """One registry per node (not the global default), so several apps can live in a process.
 
-    def __init__(self, node: LlamaNetNode) -> None:
+    `status` and `dht_status` are read at scrape time (`dht_status()["routing_table_size"]`, 0
+    when absent: a node without a DHT).
+    """
+
+    def __init__(
+        self,
+        *,
+        status: Callable[[], NodeStatus],
+        dht_status: Callable[[], dict[str, Any]],
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "llamanet_http_requests",
@@ -85,7 +97,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_NodeCollector(node))
+        self.registry.register(_NodeCollector(status, dht_status))
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()

@@ -1,4 +1,13 @@
-"""A running node: its engine, identity, DHT presence and counters, started and stopped together."""
+"""A running node: its engine, identity, DHT presence and counters, started and stopped together.
+
+The node is what the HTTP routes read (`request.app.state.node`); what it offers them is named and
+small: `settings`, `node_id`, `engine`, `gateway`, `metrics`, `started_at`, `load_error`,
+`ready`/`loading`, `models()`, `status()`, `info()`, `find_nodes()`, `dht_status()`. The gateway
+and the metrics collector get callables at construction, never the node.
+
+`LlamaNetNode(settings, engine=...)` serves the given engine instead of loading a model, and
+`dht=False` starts neither the DHT nor the gateway: an in-process node for tests.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +15,23 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamanet._version import __version__
 from llamanet.node.config import NodeSettings
 from llamanet.node.engine import LlamaEngine
+from llamanet.node.engine_api import Engine
 from llamanet.node.gateway import Gateway
 from llamanet.node.metrics import Metrics
 from llamanet.node.model_store import model_id_for, resolve_model
 from llamanet.protocol import ModelInfo, NodeInfo, NodeRecord, NodeStatus
+from llamanet.swarm.identity import NodeIdentity
 from llamanet.swarm.membership import swarm_id
+
+if TYPE_CHECKING:
+    from llamanet.swarm.dht import DHTNode, Presence
+
+__all__ = ["LlamaNetNode", "parse_hostport"]
 
 log = logging.getLogger(__name__)
 announce = logging.getLogger("llamanet.ready")  # addresses: logged whatever the log level
@@ -29,36 +45,50 @@ def parse_hostport(value: str, default_port: int = 8001) -> tuple[str, int]:
 
 
 class LlamaNetNode:
-    """Everything one `llamanet node` process runs; the HTTP app reads it from `app.state.node`."""
+    """Everything one `llamanet node` process runs (see the module docstring)."""
 
-    def __init__(self, settings: NodeSettings) -> None:
-        from llamanet.swarm.identity import NodeIdentity
-
+    def __init__(
+        self, settings: NodeSettings, *, engine: Engine | None = None, dht: bool = True
+    ) -> None:
         self.settings = settings
-        self.identity = NodeIdentity.load_or_create(settings.home)
-        self.node_id: str = self.identity.node_id
+        self._identity = NodeIdentity.load_or_create(settings.home)
+        self.node_id: str = self._identity.node_id
         self.url = settings.public_url or f"http://{settings.host}:{settings.port}"
         self.started_at = time.time()
-        self.engine: LlamaEngine | None = None
+        self.engine: Engine | None = engine  # the node owns it: closed by `stop()`
         self.load_error: str | None = None
-        self.requests_forwarded = 0
-        self.dht: Any = None
-        self.presence: Any = None
         self.gateway: Gateway | None = None
-        self.metrics = Metrics(self)
-        self.swarm = swarm_id(settings.swarm_key)
+        self.metrics = Metrics(status=self.status, dht_status=self.dht_status)
+        self._with_dht = dht
+        self._dht: DHTNode | None = None
+        self._presence: Presence | None = None
+        self._requests_forwarded = 0
+        self._swarm = swarm_id(settings.swarm_key)
         self._loading: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Starts the DHT at once and loads the model in the background (health says 503 until)."""
-        if not self.settings.no_model:
+        if self.engine is None and not self.settings.no_model:
             self._loading = asyncio.create_task(self._load_engine(), name="load-model")
+        if not self._with_dht:
+            return
         await self._start_dht()
-        if self.settings.forward:
-            self.gateway = Gateway(self)
+        s = self.settings
+        if s.forward:
+            self.gateway = Gateway(
+                node_id=self.node_id,
+                find_nodes=self.find_nodes,
+                swarm_key=s.swarm_key,
+                heartbeat=s.heartbeat,
+                request_timeout=s.request_timeout,
+                on_forwarded=self._count_forwarded,
+            )
             self.gateway.start()
+
+    def _count_forwarded(self) -> None:
+        self._requests_forwarded += 1
 
     async def _load_engine(self) -> None:
         s = self.settings
@@ -75,49 +105,45 @@ class LlamaNetNode:
                 queue_size=s.queue_size,
             )
             log.info("model %s ready", model_id)
-            if self.presence is not None:  # announce the model now, not at the next heartbeat
-                await self.presence.beat()
+            if self._presence is not None:  # announce the model now, not at the next heartbeat
+                await self._presence.beat()
         except Exception as exc:
             self.load_error = str(exc)
             log.error("could not load the model: %s", exc)
-
-    async def wait_ready(self) -> None:
-        if self._loading is not None:
-            await self._loading
 
     async def _start_dht(self) -> None:
         from llamanet.swarm.dht import DHTNode, Presence
 
         s = self.settings
-        self.dht = DHTNode(self.identity)
+        dht = DHTNode(self._identity)
         try:
-            await self.dht.start(s.dht_host or s.host, s.dht_port)
+            await dht.start(s.dht_host or s.host, s.dht_port)
         except OSError as exc:
             log.error(
                 "DHT could not listen on UDP %s: %s; serving without discovery", s.dht_port, exc
             )
-            self.dht = None
             return
-        announce.info("DHT listening on udp %s:%s", s.dht_host or s.host, self.dht.port)
+        self._dht = dht
+        announce.info("DHT listening on udp %s:%s", s.dht_host or s.host, dht.port)
         peers = [parse_hostport(p) for p in s.bootstrap]
-        self.presence = Presence(
-            self.dht, self.identity, self.describe, heartbeat=s.heartbeat, bootstrap=peers
+        self._presence = Presence(
+            dht, self._identity, self._describe, heartbeat=s.heartbeat, bootstrap=peers
         )
-        await self.presence.start()
+        await self._presence.start()
 
     async def stop(self) -> None:
         if self.gateway is not None:
             await self.gateway.close()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
-        if self.presence is not None:
+        if self._presence is not None:
             try:
-                await asyncio.wait_for(self.presence.stop(), 5.0)
+                await asyncio.wait_for(self._presence.stop(), 5.0)
                 log.info("withdrew node %s from the DHT", self.node_id[:12])
             except Exception as exc:  # leaving the DHT is best effort
                 log.warning("could not withdraw from the DHT: %s", exc)
-        if self.dht is not None:
-            await self.dht.stop()
+        if self._dht is not None:
+            await self._dht.stop()
         if self.engine is not None:
             await self.engine.close()
 
@@ -125,13 +151,19 @@ class LlamaNetNode:
 
     @property
     def ready(self) -> bool:
+        """Serving: the model is loaded (or the node was started without one)."""
         return self.settings.no_model or self.engine is not None
+
+    @property
+    def loading(self) -> bool:
+        """The model is still being loaded (it has not failed)."""
+        return self.engine is None and not self.settings.no_model and self.load_error is None
 
     def models(self) -> list[ModelInfo]:
         e = self.engine
         return [ModelInfo(id=e.model_id, n_ctx=e.n_ctx, quantization=e.quantization)] if e else []
 
-    def describe(self) -> dict[str, Any]:
+    def _describe(self) -> dict[str, Any]:
         """The live, unsigned fields of this node's DHT record."""
         e = self.engine
         stats = e.stats if e else None
@@ -146,15 +178,15 @@ class LlamaNetNode:
             "ttft_ms": round(stats.ttft_ms, 2) if stats else 0.0,
             "version": __version__,
             "started_at": self.started_at,
-            "swarm": self.swarm,
+            "swarm": self._swarm,
         }
 
-    def own_record(self) -> NodeRecord:
+    def _own_record(self) -> NodeRecord:
         from llamanet.swarm.records import sign_record
 
-        seq = self.presence.seq if self.presence is not None else 0
+        seq = self._presence.seq if self._presence is not None else 0
         return sign_record(
-            self.identity, seq=seq, ttl=3 * self.settings.heartbeat, **self.describe()
+            self._identity, seq=seq, ttl=3 * self.settings.heartbeat, **self._describe()
         )
 
     def status(self) -> NodeStatus:
@@ -176,7 +208,7 @@ class LlamaNetNode:
             requests_cancelled=s.requests_cancelled if s else 0,
             requests_failed=s.requests_failed if s else 0,
             requests_rejected=s.requests_rejected if s else 0,
-            requests_forwarded=self.requests_forwarded,
+            requests_forwarded=self._requests_forwarded,
             tokens_generated=s.tokens_generated if s else 0,
         )
 
@@ -201,14 +233,22 @@ class LlamaNetNode:
     async def find_nodes(self, model: str | None = None) -> list[NodeRecord]:
         """Live records from the DHT, this node's own always included when it serves `model`."""
         found: list[NodeRecord] = []
-        if self.dht is not None:
+        if self._dht is not None:
             try:
-                found = await self.dht.find_nodes(model)
+                found = await self._dht.find_nodes(model)
             except Exception as exc:
                 log.warning("DHT lookup failed: %s", exc)
         # ours is fresher from memory; other swarms' records are not ours to route to
-        found = [r for r in found if r.node_id != self.node_id and r.swarm == self.swarm]
-        own = self.own_record()
+        found = [r for r in found if r.node_id != self.node_id and r.swarm == self._swarm]
+        own = self._own_record()
         if own.serves(model) and (own.models or model is None):
             found.append(own)
         return found
+
+    def dht_status(self) -> dict[str, Any]:
+        """The DHT's and the heartbeat's state (`GET /dht/status`); `enabled: False` without."""
+        if self._presence is not None:
+            return self._presence.status()
+        if self._dht is not None:
+            return self._dht.status()
+        return {"node_id": self.node_id, "enabled": False}

@@ -14,7 +14,8 @@ from typing import Any
 
 from fastapi.sse import format_sse_event
 
-from llamanet.node.engine import GenerationResult, Job, LlamaEngine, Piece
+from llamanet.node.engine import GenerationResult, Job, Piece
+from llamanet.node.engine_api import Engine
 from llamanet.node.errors import stream_error_body
 from llamanet.protocol import new_id
 
@@ -156,7 +157,7 @@ class NativeFormat(ChunkFormat):
 
 
 async def event_stream(
-    engine: LlamaEngine,
+    engine: Engine,
     job: Job,
     fmt: ChunkFormat,
     *,

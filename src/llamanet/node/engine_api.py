@@ -1,0 +1,64 @@
+"""What the node and its HTTP routes need of an engine, as a structural type.
+
+`LlamaEngine` (the real model), a batching engine and the tests' `FakeEngine` all fit it without
+inheriting from it, so the node can be handed any of them (`LlamaNetNode(settings, engine=...)`).
+The stream contract: `stream(job)` yields `Piece` objects, then exactly one `GenerationResult`;
+`submit` raises `QueueFull` / `ContextLengthExceeded` at once, before any response starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from llamanet.node.engine import EngineStats, GenerationResult, Job, Piece, SamplingParams
+
+__all__ = ["Engine"]
+
+
+class Engine(Protocol):
+    """The engine API shared by every engine (see the module docstring)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def model_path(self) -> Path: ...
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    @property
+    def metadata(self) -> Mapping[str, str]: ...
+
+    @property
+    def stats(self) -> EngineStats: ...
+
+    @property
+    def queue_size(self) -> int: ...
+
+    @property
+    def capacity(self) -> int: ...
+
+    @property
+    def utilization(self) -> float: ...
+
+    @property
+    def quantization(self) -> str | None: ...
+
+    def retry_after(self) -> int: ...
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str: ...
+
+    async def tokenize(
+        self, *, prompt: str | None = None, messages: list[dict[str, str]] | None = None
+    ) -> list[int]: ...
+
+    def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Job: ...
+
+    def stream(self, job: Job) -> AsyncIterator[Piece | GenerationResult]: ...
+
+    async def run(self, job: Job) -> GenerationResult: ...
+
+    async def close(self) -> None: ...

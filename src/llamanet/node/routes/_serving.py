@@ -1,0 +1,174 @@
+"""What every generation route does around its own wire format: serve here or forward, admit.
+
+A route hands `serve()` a `local(engine)` callback; `serve` runs it when this node has the model
+and room, and otherwise (model not here, or the local queue full and a peer known) forwards the
+request through the gateway. Admission (tokenize + `engine.submit`) happens before a response
+starts, so a full queue or a too-long prompt gets a real HTTP status, never a broken stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from fastapi import Request
+from fastapi.responses import Response
+from fastapi.sse import EventSourceResponse
+
+from llamanet.node.disconnect import unless_disconnected
+from llamanet.node.engine import GenerationResult, Job, QueueFull, SamplingParams
+from llamanet.node.engine_api import Engine
+from llamanet.node.errors import APIError, model_not_found
+from llamanet.node.gateway import is_forwarded
+from llamanet.node.node import LlamaNetNode
+from llamanet.node.streaming import ChunkFormat, event_stream
+from llamanet.protocol import ChatMessage, FinishReason, SamplingFields, Usage
+
+__all__ = [
+    "SWARM_ALIAS",
+    "LocalHandler",
+    "admit",
+    "finish_reason",
+    "node_of",
+    "run",
+    "sampling_params",
+    "serve",
+    "stream",
+    "usage",
+]
+
+SWARM_ALIAS = "llamanet"  # the model name that means "any model the swarm serves"
+
+LocalHandler = Callable[[Engine], Awaitable[Response]]
+
+
+def node_of(request: Request) -> LlamaNetNode:
+    """The node this app serves (`create_app` puts it in `app.state`)."""
+    node: LlamaNetNode = request.app.state.node
+    return node
+
+
+def _local_engine(request: Request, model: str | None) -> Engine | None:
+    """The local engine if it serves `model` (None and the swarm alias mean any model)."""
+    engine = node_of(request).engine
+    if engine is not None and model in (None, "", SWARM_ALIAS, engine.model_id):
+        request.state.model = engine.model_id
+        return engine
+    request.state.model = model or "-"
+    return None
+
+
+def _cannot_serve(request: Request, model: str | None) -> APIError:
+    node = node_of(request)
+    if node.loading:
+        return APIError(
+            503, "The model is still loading.", code="model_loading", headers={"Retry-After": "2"}
+        )
+    return model_not_found(model or SWARM_ALIAS, [m.id for m in node.models()])
+
+
+async def serve(
+    request: Request, model: str | None, max_tokens: int | None, local: LocalHandler
+) -> Response:
+    """Serves locally when this node has the model and room; otherwise forwards to a peer."""
+    node = node_of(request)
+    gateway = node.gateway if not is_forwarded(request) else None
+    engine = _local_engine(request, model)
+    wanted = None if model in (None, "", SWARM_ALIAS) else model  # the alias: any model
+    if engine is not None:
+        try:
+            return await local(engine)
+        except QueueFull:
+            if gateway is None or not gateway.peers():
+                raise
+            with contextlib.suppress(APIError):
+                return await gateway.forward(
+                    request, wanted, max_tokens=max_tokens or 0, reason="local queue full"
+                )
+            raise
+    if gateway is None:
+        raise _cannot_serve(request, model)
+    return await gateway.forward(
+        request, wanted, max_tokens=max_tokens or 0, reason="model not served here"
+    )
+
+
+def sampling_params(req: SamplingFields, max_tokens: int | None) -> SamplingParams:
+    """The engine's sampling parameters from a request's sampling fields."""
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        min_p=req.min_p,
+        repeat_penalty=req.repeat_penalty,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        seed=req.seed,
+        stop=tuple(req.stop_list()),
+    )
+
+
+async def admit(
+    engine: Engine,
+    params: SamplingParams,
+    *,
+    prompt: str | None = None,
+    messages: list[ChatMessage] | None = None,
+) -> Job:
+    """Tokenizes the prompt (or renders the chat) and submits it; raises before any response."""
+    if messages is not None:
+        tokens = await engine.tokenize(
+            messages=[{"role": m.role, "content": m.text()} for m in messages]
+        )
+    else:
+        tokens = await engine.tokenize(prompt=prompt or "")
+    return engine.submit(tokens, params)
+
+
+def _record(request: Request) -> Callable[[GenerationResult], None]:
+    def on_result(result: GenerationResult) -> None:
+        request.state.tokens = result.completion_tokens
+        node_of(request).metrics.ttft.observe(result.ttft_ms / 1000)
+
+    return on_result
+
+
+def stream(
+    request: Request, engine: Engine, job: Job, fmt: ChunkFormat, include_usage: bool
+) -> EventSourceResponse:
+    """The job's Server-Sent Events response in the given chunk format."""
+    body = event_stream(
+        engine,
+        job,
+        fmt,
+        include_usage=include_usage,
+        on_result=_record(request),
+        timeout=node_of(request).settings.request_timeout,
+    )
+    return EventSourceResponse(
+        body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+async def run(request: Request, engine: Engine, job: Job) -> GenerationResult:
+    """Runs the job to its end while the client stays (499) and within the timeout (504)."""
+    timeout = node_of(request).settings.request_timeout
+    result = await unless_disconnected(request, engine.run(job), timeout)
+    _record(request)(result)
+    return result
+
+
+def finish_reason(result: GenerationResult) -> FinishReason:
+    """The engine types it `str`; the response models validate it (a ValidationError, not a
+    silent wrong value, should an engine ever report another)."""
+    return cast(FinishReason, result.finish_reason)
+
+
+def usage(result: GenerationResult) -> Usage:
+    return Usage(
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
