@@ -22,7 +22,7 @@ from llamanet.node.routes import native, openai, swarm
 
 __all__ = ["WEB_DIR", "create_app"]
 
-WEB_DIR = Path(__file__).parent / "web"
+WEB_DIR = Path(__file__).parent.parent / "web"  # llamanet/web, the static UI
 _ROUTERS = (openai.router, native.router, swarm.router)  # no prefixes: their paths are the app's
 
 

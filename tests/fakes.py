@@ -1,0 +1,193 @@
+"""Test doubles for the fast tier: a scripted `FakeEngine` and an in-process node around it.
+
+`FakeEngine` is a stand-in for the real engine in unit tests only (never a default anywhere): it
+implements the engine API (`llamanet.node.engine_api.Engine`), answers every request with the
+same scripted pieces, one token each, and keeps the same counters as the real engine. Delays,
+failures, a held slot and a full queue are configurable, so the HTTP app's behaviour around them
+can be tested without a model or a process.
+
+`serving(...)` runs `create_app(LlamaNetNode(settings, engine=..., dht=False))` through its
+lifespan and yields an `httpx.AsyncClient` on `httpx.ASGITransport`: real FastAPI, real
+middleware, no sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llamanet.node.app import create_app
+from llamanet.node.config import NodeSettings
+from llamanet.node.engine import (
+    ContextLengthExceeded,
+    EngineClosed,
+    EngineStats,
+    GenerationFailed,
+    GenerationResult,
+    Job,
+    Piece,
+    QueueFull,
+    SamplingParams,
+)
+from llamanet.node.node import LlamaNetNode
+
+__all__ = ["FakeEngine", "serving"]
+
+BOS = 1
+
+
+@dataclass
+class FakeEngine:
+    """A scripted engine for in-process tests (see the module docstring).
+
+    Every request yields `pieces` in order (one token each, cut at `max_tokens`; stop sequences
+    are not applied), then a `GenerationResult` with `finish_reason` (`"length"` when cut).
+    `delay` seconds pass before each piece; `fail_after=k` raises `GenerationFailed` after k
+    pieces; while `hold` is set-able and unset, a started request waits on it (a busy slot);
+    `queue_full=True` refuses every request with `QueueFull(retry_after)`. Prompts tokenize to
+    one token per whitespace-separated word plus a BOS token.
+    """
+
+    pieces: Sequence[str] = ("Hello", ",", " world", "!")
+    model_id: str = "fake-model"
+    n_ctx: int = 1024
+    queue_size: int = 2
+    finish_reason: str = "stop"
+    delay: float = 0.0
+    fail_after: int | None = None
+    hold: asyncio.Event | None = None
+    queue_full: bool = False
+    retry_after_s: int = 7
+    model_path: Path = Path("/models/fake-model.Q4_0.gguf")
+    metadata: dict[str, str] = field(default_factory=lambda: {"general.name": "fake"})
+    stats: EngineStats = field(default_factory=EngineStats)
+    submitted: list[tuple[list[int], SamplingParams]] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # set once a request starts
+    closed: bool = False
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def capacity(self) -> int:
+        return 1 + self.queue_size
+
+    @property
+    def utilization(self) -> float:
+        return (self.stats.active + self.stats.queued) / self.capacity
+
+    @property
+    def quantization(self) -> str | None:
+        return "Q4_0"
+
+    def retry_after(self) -> int:
+        return self.retry_after_s
+
+    # ------------------------------------------------------------------ preparing requests
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        turns = "".join(f"<{m['role']}> {m['content']}\n" for m in messages)
+        return turns + "<assistant>"
+
+    async def tokenize(
+        self, *, prompt: str | None = None, messages: list[dict[str, str]] | None = None
+    ) -> list[int]:
+        text = self.render_chat(messages) if messages is not None else prompt or ""
+        return [BOS, *(len(word) + 2 for word in text.split())]
+
+    def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Job:
+        if self.closed:
+            raise EngineClosed()
+        room = self.n_ctx - len(prompt_tokens)
+        max_tokens = params.max_tokens if params.max_tokens is not None else max(room, 0)
+        if len(prompt_tokens) + max_tokens > self.n_ctx or room <= 0:
+            raise ContextLengthExceeded(len(prompt_tokens), max_tokens, self.n_ctx)
+        if self.queue_full or self.stats.active + self.stats.queued >= self.capacity:
+            self.stats.requests_rejected += 1
+            raise QueueFull(self.retry_after())
+        self.submitted.append((list(prompt_tokens), params))
+        job = Job(list(prompt_tokens), max_tokens, params, asyncio.get_running_loop())
+        self.stats.queued += 1
+        self.stats.requests_total += 1
+        return job
+
+    # ------------------------------------------------------------------ consuming results
+
+    async def stream(self, job: Job) -> AsyncIterator[Piece | GenerationResult]:
+        outcome = "cancelled"
+        n = 0
+        try:
+            job.started = True
+            self.stats.queued -= 1
+            self.stats.active += 1
+            self.started.set()
+            if self.hold is not None:
+                await self.hold.wait()
+            started = time.perf_counter()
+            script = list(self.pieces)[: job.max_tokens]
+            for text in script:
+                if self.fail_after is not None and n >= self.fail_after:
+                    outcome = "failed"
+                    raise GenerationFailed("generation failed: the fake engine was told to fail")
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                n += 1
+                yield Piece(text, (100 + n,))
+            cut = len(self.pieces) > job.max_tokens
+            outcome = "completed"
+            yield GenerationResult(
+                text="".join(script),
+                finish_reason="length" if cut else self.finish_reason,
+                prompt_tokens=len(job.prompt_tokens),
+                completion_tokens=n,
+                ttft_ms=1.5,
+                tokens_per_second=42.0,
+                queue_ms=0.0,
+                duration_s=time.perf_counter() - started,
+                token_ids=[100 + i for i in range(1, n + 1)],
+            )
+        finally:
+            self._finish(job, outcome, n)
+
+    def _finish(self, job: Job, outcome: str, tokens: int) -> None:
+        if job.finished:
+            return
+        job.finished = True
+        self.stats.active -= 1
+        self.stats.tokens_generated += tokens
+        if outcome == "completed":
+            self.stats.requests_completed += 1
+        elif outcome == "failed":
+            self.stats.requests_failed += 1
+        else:
+            self.stats.requests_cancelled += 1
+
+    async def run(self, job: Job) -> GenerationResult:
+        async for item in self.stream(job):
+            if isinstance(item, GenerationResult):
+                return item
+        raise GenerationFailed("generation ended without a result")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@asynccontextmanager
+async def serving(
+    settings: NodeSettings, engine: FakeEngine | None = None, **client: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process node (no DHT, no gateway) serving `engine`, and a client for it."""
+    node = LlamaNetNode(settings, engine=engine, dht=False)
+    app = create_app(node)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://node.test", **client
+        ) as http:
+            yield http
