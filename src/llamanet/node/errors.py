@@ -77,6 +77,15 @@ def model_not_found(model: str, available: list[str]) -> APIError:
     )
 
 
+def unknown_endpoint() -> APIError:
+    """A path no route serves (whatever the method): 404, like OpenAI's API."""
+    return APIError(
+        404,
+        "No such endpoint. The API lives under /v1 (OpenAI) and /generate, /status.",
+        code="not_found",
+    )
+
+
 def from_engine_error(exc: EngineError) -> APIError:
     """The HTTP face of an engine error raised before a response started."""
     if isinstance(exc, QueueFull):
@@ -157,7 +166,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 413:
             message = "The request body is too large."
         elif exc.status_code == 404:
-            message = "No such endpoint. The API lives under /v1 (OpenAI) and /generate, /status."
+            return unknown_endpoint().response()
         elif exc.status_code == 400 and message == _FASTAPI_BODY_ERROR:  # e.g. invalid UTF-8
             message, code = (
                 "We could not read the body of your request: it is not JSON text in UTF-8.",

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llamanet.node.errors import APIError
+from llamanet.node.errors import APIError, unknown_endpoint
 from llamanet.node.metrics import Metrics
 from llamanet.protocol import NODE_HEADER
 
@@ -157,8 +157,13 @@ class RequestGuard:
 
 
 class WebUI:
-    """The static web UI mounted at `/`; an API path asked with a method it does not take gets an
-    OpenAI-shaped 405 with `Allow` (the mount would otherwise catch it: a 404, or `Allow: GET`)."""
+    """The static web UI mounted at `/`, and the answers the mount would otherwise get wrong.
+
+    The mount catches every path no API route takes in full. An API path asked with a method it
+    does not take gets an OpenAI-shaped 405 with `Allow` (not the mount's 404 or `Allow: GET`);
+    any other method than GET/HEAD on a path that is not an API route is an unknown endpoint,
+    a 404 (`POST /v1/embeddings` must not look like an endpoint that exists).
+    """
 
     def __init__(self, api_routes: Sequence[APIRoute], directory: Path) -> None:
         self.routes = list(api_routes)
@@ -177,4 +182,7 @@ class WebUI:
                     )
                     await error.response()(scope, receive, send)
                     return
+            if scope["method"] not in ("GET", "HEAD"):
+                await unknown_endpoint().response()(scope, receive, send)
+                return
         await self.files(scope, receive, send)
