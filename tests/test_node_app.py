@@ -19,6 +19,7 @@ import pytest
 from fakes import FakeEngine, serving
 
 from llamanet.node.config import NodeSettings
+from llamanet.node.metrics import Metrics
 from llamanet.protocol import (
     NODE_HEADER,
     ChatCompletion,
@@ -464,6 +465,23 @@ async def test_no_model_node_answers_404_for_generation(settings: NodeSettings) 
         assert "none" in err["message"]
 
 
+async def test_a_model_that_fails_to_load_is_reported(
+    settings: NodeSettings, tmp_path: Path
+) -> None:
+    settings.model = tmp_path / "missing.gguf"  # loading fails at once, without llama.cpp
+    async with serving(settings) as http:
+        for _ in range(500):
+            health = await http.get("/health")
+            if health.json()["error"]["code"] != "model_loading":
+                break
+            assert health.headers["retry-after"] == "2"
+            await asyncio.sleep(0.01)
+        err = assert_error(health, 503, "model_load_failed")
+        assert "missing.gguf" in err["message"]
+        chat = await http.post("/v1/chat/completions", json={"messages": CHAT})
+        assert_error(chat, 404, "model_not_found")
+
+
 # ------------------------------------------------------------------ header, counters, metrics
 
 
@@ -515,6 +533,30 @@ async def test_metrics_render(http: httpx.AsyncClient, engine: FakeEngine) -> No
     assert 'llamanet_generations_total{outcome="completed"} 1.0' in text
     assert "llamanet_dht_peers 0.0" in text
     assert "llamanet_time_to_first_token_seconds_count 1.0" in text
+
+
+def test_metrics_read_the_callables_they_are_given() -> None:
+    calls: list[str] = []
+
+    def status() -> NodeStatus:
+        calls.append("status")
+        counts = dict.fromkeys(NodeStatus.model_fields, 0)
+        counts.update(node_id="n", models=[], tokens_generated=5, queued=2, requests_forwarded=3)
+        return NodeStatus.model_validate(counts)
+
+    def dht_status() -> dict[str, Any]:
+        calls.append("dht")
+        return {"routing_table_size": 4}
+
+    text = Metrics(status=status, dht_status=dht_status).render().decode()
+    assert calls == ["status", "dht"]  # read at scrape time
+    for line in (
+        "llamanet_tokens_generated_total 5.0",
+        "llamanet_queue_depth 2.0",
+        "llamanet_requests_forwarded_total 3.0",
+        "llamanet_dht_peers 4.0",
+    ):
+        assert line in text
 
 
 # ------------------------------------------------------------------ the web UI and the schema
