@@ -540,7 +540,7 @@ def test_metrics_read_the_callables_they_are_given() -> None:
 
     def status() -> NodeStatus:
         calls.append("status")
-        counts = dict.fromkeys(NodeStatus.model_fields, 0)
+        counts: dict[str, Any] = dict.fromkeys(NodeStatus.model_fields, 0)
         counts.update(node_id="n", models=[], tokens_generated=5, queued=2, requests_forwarded=3)
         return NodeStatus.model_validate(counts)
 
