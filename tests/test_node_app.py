@@ -496,6 +496,7 @@ async def test_every_response_names_the_node(http: httpx.AsyncClient) -> None:
             "/v1/chat/completions", content=b"x", headers={"content-type": "text/plain"}
         ),
         await http.post("/v1/embeddings", json={}),
+        await http.post("/generate", content=b"x" * 70_000),  # 413
         await http.get("/generate"),
         await http.get("/metrics"),
         await http.get("/health"),
