@@ -110,7 +110,8 @@ class WindowedCrawl(SpiderCrawl):
 
     def _closest_id(self) -> bytes | None:
         for node in self.nearest:
-            return node.id
+            node_id: bytes = node.id
+            return node_id
         return None
 
     async def _crawl(self) -> None:

@@ -181,7 +181,8 @@ class DHTNode:
 
     @property
     def node_id(self) -> str:
-        return self._server.node.id.hex()
+        node_id: bytes = self._server.node.id
+        return node_id.hex()
 
     @property
     def address(self) -> Address:

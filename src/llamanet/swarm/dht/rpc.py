@@ -43,6 +43,7 @@ class MsgpackRPCProtocol(RPCProtocol):
     """`RPCProtocol` packed with C msgpack; `RPC_NAMES` lists the callable `rpc_*` handlers."""
 
     RPC_NAMES: frozenset[str] = frozenset()
+    _wait_timeout: float  # set by RPCProtocol.__init__
 
     def __init__(self, wait_timeout: float = 1.5) -> None:
         super().__init__(wait_timeout=wait_timeout)
