@@ -284,9 +284,9 @@ def test_record_cache_drops_forged_records() -> None:
 async def test_refresh_runs_before_records_expire() -> None:
     swarm = FakeSwarm(record("a", ttl=3.0))
     async with client_for(swarm, refresh_interval=5.0) as client:
-        assert client._refresh_delay() == 1.5
+        assert client.discovery.refresh_delay() == 1.5
         client.records.merge([bump(swarm.records[0], ttl=300.0)])
-        assert client._refresh_delay() == 5.0
+        assert client.discovery.refresh_delay() == 5.0
 
 
 async def test_no_reachable_seed_means_no_node_available() -> None:
@@ -349,22 +349,50 @@ async def test_connection_refused_fails_over_and_cools_down() -> None:
         assert swarm.served() == ["a", "b", "b"]
 
 
-async def test_503_with_retry_after_fails_over() -> None:
+async def test_full_queue_fails_over_without_cooldown() -> None:
+    """A 503 with Retry-After (queue full) is busy, not broken: skipped for this request only."""
     swarm = FakeSwarm(record("a"), record("b"))
     swarm.on("a", status(503, "server_overloaded", "queue_full", {"Retry-After": "7"}))
     async with client_for(swarm) as client:
         first_choice(client, swarm, "a")
         assert (await client.generate("hi")).node_id == nid("b")
-        assert client.selector.cooldown_remaining(nid("a")) > 5.0  # Retry-After honoured
+        assert not client.selector.in_cooldown(nid("a"))
+        swarm.on("a", ok)
+        first_choice(client, swarm, "a")
+        assert (await client.generate("hi")).node_id == nid("a")  # its queue has room again
 
 
-@pytest.mark.parametrize("code", [500, 502, 429])
-async def test_retryable_statuses_fail_over(code: int) -> None:
+async def test_every_node_busy_says_so() -> None:
     swarm = FakeSwarm(record("a"), record("b"))
-    swarm.on("a", status(code))
+    for name in "ab":
+        swarm.on(name, status(503, "server_overloaded", "queue_full", {"Retry-After": "3"}))
+    async with client_for(swarm) as client:
+        with pytest.raises(NoNodeAvailable, match="was busy") as info:
+            await client.generate("hi")
+    assert {a.status for a in info.value.attempts} == {503}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("code", "headers", "cools_down"),
+    [
+        (500, None, True),
+        (502, None, True),
+        (504, None, True),
+        (503, None, True),  # no Retry-After: not a full queue (a model that failed to load)
+        (503, {"Retry-After": "2"}, False),
+        (429, None, False),
+        (429, {"Retry-After": "2"}, False),
+    ],
+)
+async def test_retryable_statuses_fail_over(
+    code: int, headers: dict[str, str] | None, cools_down: bool
+) -> None:
+    swarm = FakeSwarm(record("a"), record("b"))
+    swarm.on("a", status(code, headers=headers))
     async with client_for(swarm) as client:
         first_choice(client, swarm, "a")
         assert (await client.generate("hi")).node_id == nid("b")
+        assert client.selector.in_cooldown(nid("a")) is cools_down
 
 
 async def test_timeout_fails_over() -> None:
@@ -480,7 +508,8 @@ async def test_stream_fails_over_before_first_token() -> None:
         client.records.merge(swarm.records)
         chunks = await collect(client.chat_stream([{"role": "user", "content": "hi"}]))
         assert {c.node_id for c in chunks} == {nid("c")}
-        assert client.selector.in_cooldown(nid("a")) and client.selector.in_cooldown(nid("b"))
+        assert client.selector.in_cooldown(nid("a"))  # refused the connection: broken
+        assert not client.selector.in_cooldown(nid("b"))  # queue full: merely busy
     assert swarm.served() == ["a", "b", "c"]
 
 

@@ -15,17 +15,11 @@ from llamanet.node.gateway import Gateway
 from llamanet.node.metrics import Metrics
 from llamanet.node.model_store import model_id_for, resolve_model
 from llamanet.protocol import ModelInfo, NodeInfo, NodeRecord, NodeStatus
+from llamanet.swarm.addresses import parse_hostport
 from llamanet.swarm.membership import swarm_id
 
 log = logging.getLogger(__name__)
 announce = logging.getLogger("llamanet.ready")  # addresses: logged whatever the log level
-
-
-def parse_hostport(value: str, default_port: int = 8001) -> tuple[str, int]:
-    host, sep, port = value.strip().rpartition(":")
-    if not sep:
-        return value.strip(), default_port
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class LlamaNetNode:
@@ -80,10 +74,6 @@ class LlamaNetNode:
         except Exception as exc:
             self.load_error = str(exc)
             log.error("could not load the model: %s", exc)
-
-    async def wait_ready(self) -> None:
-        if self._loading is not None:
-            await self._loading
 
     async def _start_dht(self) -> None:
         from llamanet.swarm.dht import DHTNode, Presence

@@ -35,7 +35,7 @@ from llamanet.swarm.dht.rpc import Address
 from llamanet.swarm.dht.storage import RecordStorage, WireEntry
 from llamanet.swarm.dht.validation import RecordValidator
 from llamanet.swarm.identity import NodeIdentity
-from llamanet.swarm.records import encode_record, remaining_ttl, verify_record
+from llamanet.swarm.records import encode_record, newest_per_node, remaining_ttl, verify_record
 
 log = logging.getLogger(__name__)
 
@@ -300,12 +300,9 @@ class DHTNode:
         newest seq per node; withdrawn nodes are left out."""
         keys = [model_key(model)] if model is not None else all_nodes_keys()
         results = await asyncio.gather(*(self._lookup(key) for key in keys))
-        merged: dict[str, Found] = {}
-        for found in results:
-            for node_id, item in found.items():
-                current = merged.get(node_id)
-                if current is None or item.record.seq > current.record.seq:
-                    merged[node_id] = item
+        merged = newest_per_node(
+            (item for found in results for item in found.values()), lambda item: item.record
+        )
         now = time.monotonic()
         return sorted(
             (
