@@ -166,6 +166,7 @@ class RequestLog:
             await self.app(scope, receive, send_wrapper)
         finally:
             path, seconds = scope["path"], time.perf_counter() - started
+            status = state.get("failed_status", status)  # a stream that broke after its head
             endpoint = path if path in self.endpoints else "other"
             self.metrics.observe_request(endpoint, status or 499, seconds)
             if path not in ("/health", "/metrics", "/status", "/nodes") or status >= 400:

@@ -51,8 +51,22 @@ class LlamaNetNode:
             self._loading = asyncio.create_task(self._load_engine(), name="load-model")
         await self._start_dht()
         if self.settings.forward:
-            self.gateway = Gateway(self)
+            s = self.settings
+            self.gateway = Gateway(
+                node_id=self.node_id,
+                find_nodes=self.find_nodes,
+                swarm_key=s.swarm_key,
+                heartbeat=s.heartbeat,
+                request_timeout=s.request_timeout,
+                on_forwarded=self._count_forwarded,
+                first_byte_timeout=s.first_byte_timeout,
+            )
+            if self.dht is not None:  # a node that leaves is dropped at once, not at a refresh
+                self.dht.on_withdrawn(self.gateway.withdrawn)
             self.gateway.start()
+
+    def _count_forwarded(self) -> None:
+        self.requests_forwarded += 1
 
     async def _load_engine(self) -> None:
         s = self.settings

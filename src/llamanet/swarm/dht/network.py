@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from kademlia.network import Server
@@ -266,10 +266,27 @@ class DHTNode:
         self.last_publish = time.time()
 
     async def withdraw(self, record: NodeRecord) -> None:
-        """Publish a tombstone (signed, `withdrawn=True`, higher seq): lookups drop the node."""
+        """Publish a tombstone (signed, `withdrawn=True`, higher seq): lookups drop the node.
+
+        Besides the replicas of its keys, every contact in the routing table is handed it
+        directly (under `node:<id>`, a key any peer may hold): the peers this node knows are
+        the ones likely to route to it, and their caches drop it as soon as it arrives
+        (`on_withdrawn`) instead of at their next lookup.
+        """
         if not record.withdrawn:
             raise ValueError("withdraw() takes a tombstone (withdrawn=True)")
         await self.publish(record)
+        dkey = digest(node_key(record.node_id))
+        told = {node.id for node in self._replicas.get(dkey, ([], 0.0))[0]}
+        contacts = [node for node in self.protocol.router.contacts() if node.id not in told]
+        if contacts:
+            entry: WireEntry = [encode_record(record), round(remaining_ttl(record), 3)]
+            futures = self.protocol.put_many(contacts, dkey, [entry])
+            await asyncio.wait(futures, timeout=self.protocol.straggler_timeout())
+
+    def on_withdrawn(self, callback: Callable[[NodeRecord], None]) -> None:
+        """Call `callback(tombstone)` when a peer's tombstone reaches this node's storage."""
+        self.storage.on_withdrawn(callback)
 
     async def _store(self, dkey: bytes, entry: WireEntry) -> None:
         self.storage.put(dkey, entry[0], entry[1])  # own record: always held locally too
