@@ -105,7 +105,12 @@ class LlamaNetNode:
         announce.info("DHT listening on udp %s:%s", s.dht_host or s.host, self.dht.port)
         peers = [parse_hostport(p) for p in s.bootstrap]
         self.presence = Presence(
-            self.dht, self.identity, self.describe, heartbeat=s.heartbeat, bootstrap=peers
+            self.dht,
+            self.identity,
+            self.describe,
+            heartbeat=s.heartbeat,
+            bootstrap=peers,
+            peers_file=s.home / "peers.json",  # to rejoin after a restart, bootstrap or not
         )
         await self.presence.start()
 

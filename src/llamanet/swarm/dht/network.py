@@ -396,6 +396,17 @@ class DHTNode:
         stale.sort(key=lambda node: protocol.last_seen.get((node.ip, node.port), 0.0))
         await asyncio.gather(*(protocol.call_ping(node) for node in stale[:PROBES_PER_ROUND]))
 
+    def contacts(self) -> list[Address]:
+        """The addresses of the peers in the routing table, most recently heard from first."""
+        protocol = self._server.protocol
+        if protocol is None:
+            return []
+        seen = protocol.last_seen
+        nodes = sorted(
+            protocol.router.contacts(), key=lambda n: seen.get((n.ip, n.port), 0.0), reverse=True
+        )
+        return [(node.ip, node.port) for node in nodes]
+
     def status(self) -> dict[str, Any]:
         protocol = self._server.protocol
         contacts = protocol.router.contacts() if protocol is not None else []
