@@ -38,6 +38,7 @@ from llamanet.node.streaming import (
     CompletionFormat,
     NativeFormat,
     event_stream,
+    usage_of,
 )
 from llamanet.protocol import (
     NODE_HEADER,
@@ -59,7 +60,6 @@ from llamanet.protocol import (
     NodeStatus,
     SamplingFields,
     StreamingRequest,
-    Usage,
 )
 
 log = logging.getLogger("llamanet.http")
@@ -407,14 +407,6 @@ async def _run(request: Request, engine: LlamaEngine, job: Job) -> GenerationRes
     return result
 
 
-def _usage(result: GenerationResult) -> Usage:
-    return Usage(
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        total_tokens=result.prompt_tokens + result.completion_tokens,
-    )
-
-
 # ---------------------------------------------------------------------- routes
 
 
@@ -455,7 +447,7 @@ def _add_openai_routes(app: FastAPI) -> None:
             result = await _run(request, engine, job)
             completion = ChatCompletion(
                 model=engine.model_id,
-                usage=_usage(result),
+                usage=usage_of(result),
                 choices=[
                     ChatChoice(
                         message=ChatResponseMessage(content=result.text),
@@ -495,7 +487,7 @@ def _add_openai_routes(app: FastAPI) -> None:
             text = body.prompt_text() + result.text if body.echo else result.text
             completion = Completion(
                 model=engine.model_id,
-                usage=_usage(result),
+                usage=usage_of(result),
                 choices=[CompletionChoice(text=text, finish_reason=result.finish_reason)],
             )
             return JSONResponse(completion.model_dump())
@@ -517,7 +509,7 @@ def _add_native_routes(app: FastAPI) -> None:
                 text=result.text,
                 tokens_generated=result.completion_tokens,
                 finish_reason=result.finish_reason,
-                usage=_usage(result),
+                usage=usage_of(result),
                 node_id=_node(request).node_id,
                 model=engine.model_id,
                 tokens_per_second=round(result.tokens_per_second, 2),
