@@ -250,7 +250,10 @@ class Gateway:
             raise
         if upstream.status_code >= 400:
             try:
-                await upstream.aread()
+                # a 5xx is judged by its status and Retry-After alone, and its connection is
+                # dropped unread: after a burst of 503s, idle pooled connections would linger
+                if upstream.status_code < 500:
+                    await upstream.aread()
             except httpx.HTTPError as exc:
                 raise _PeerFailed.broken(peer, f"failed while answering: {exc}") from exc
             finally:
@@ -289,7 +292,7 @@ class Gateway:
     def _error_answer(self, peer: NodeRecord, upstream: httpx.Response) -> Response:
         """A peer's error answer: relayed as is when it is the caller's error, else failover."""
         retry_after = _retry_after(upstream)
-        detail = _error_fields(upstream.content)
+        detail = _error_fields(upstream.content) if upstream.is_stream_consumed else {}
         verdict = judge_status(
             upstream.status_code,
             error_type=detail.get("type"),
@@ -316,7 +319,9 @@ class Gateway:
         """Whether the peer answers `GET /health` at all within the first-byte deadline."""
         try:
             await self._http.get(
-                peer.url.rstrip("/") + "/health", timeout=httpx.Timeout(self.first_byte_timeout)
+                peer.url.rstrip("/") + "/health",
+                timeout=httpx.Timeout(self.first_byte_timeout),
+                headers={"Connection": "close"},  # a probe's connection is not kept in the pool
             )
         except httpx.HTTPError:
             return False
