@@ -316,3 +316,52 @@ async def test_swarm_models_take_the_largest_context(harness: Callable[..., Harn
     h = harness([small, rec("b"), rec("g", model="")])
     await h.gateway.refresh()
     assert h.gateway.swarm_models() == {MODEL: (2, 2048)}
+
+
+# --------------------------------------------------------------------------- the user gives up
+
+
+def _request_that_leaves(after: float) -> Request:
+    """A POST whose client disconnects `after` seconds after sending its body."""
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(after)
+        return {"type": "http.disconnect"}
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [(b"content-type", b"application/json")],
+        "query_string": b"",
+        "server": ("gw.test", 80),
+        "scheme": "http",
+    }
+    return Request(scope, receive)
+
+
+@pytest.mark.parametrize(("behaviour", "cools_down"), [(frozen, True), ("slow", False)])
+async def test_a_user_giving_up_on_a_silent_peer_gets_it_checked(
+    harness: Callable[..., Harness], behaviour: Any, cools_down: bool
+) -> None:
+    """The user leaves before the first-byte deadline: the gateway probes the peer it was
+    waiting on and cools it down if it does not answer (a frozen node), not if it does."""
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(3600)  # busy with a long answer, but its /health answers
+        raise AssertionError("unreachable")
+
+    h = harness([rec("a")], first_byte_timeout=0.3)
+    h.peers.behaviour["a"] = slow if behaviour == "slow" else behaviour
+    await h.gateway.refresh()
+    with pytest.raises(Exception) as info:
+        await h.gateway.forward(_request_that_leaves(0.05), MODEL)
+    assert getattr(info.value, "status", None) == 499
+    await asyncio.gather(*h.gateway._probes)
+    assert h.cooling("a") is cools_down

@@ -177,9 +177,10 @@ class Discovery:
         """Whether the node answers `GET /health` at all within `timeout` (any status: a node
         that answers is alive, whether or not it can serve)."""
         assert self.http is not None
+        probe = self.http.get(f"{self.url_of(record)}/health", timeout=httpx.Timeout(timeout))
         try:
-            await self.http.get(f"{self.url_of(record)}/health", timeout=httpx.Timeout(timeout))
-        except httpx.HTTPError:
+            await asyncio.wait_for(probe, timeout)
+        except (httpx.HTTPError, TimeoutError):
             return False
         return True
 

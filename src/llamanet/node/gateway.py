@@ -317,13 +317,14 @@ class Gateway:
 
     async def _alive(self, peer: NodeRecord) -> bool:
         """Whether the peer answers `GET /health` at all within the first-byte deadline."""
+        probe = self._http.get(
+            peer.url.rstrip("/") + "/health",
+            timeout=httpx.Timeout(self.first_byte_timeout),
+            headers={"Connection": "close"},  # a probe's connection is not kept in the pool
+        )
         try:
-            await self._http.get(
-                peer.url.rstrip("/") + "/health",
-                timeout=httpx.Timeout(self.first_byte_timeout),
-                headers={"Connection": "close"},  # a probe's connection is not kept in the pool
-            )
-        except httpx.HTTPError:
+            await asyncio.wait_for(probe, self.first_byte_timeout)
+        except (httpx.HTTPError, TimeoutError):
             return False
         return True
 
