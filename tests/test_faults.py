@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from llamanet import LlamaNetClient
 from llamanet.cli.launcher import NodeProcess
@@ -25,7 +26,7 @@ from llamanet.cli.launcher import NodeProcess
 pytestmark = pytest.mark.model
 
 StartNode = Callable[..., NodeProcess]
-CHAT = [{"role": "user", "content": "Count from one to fifty."}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Count from one to fifty."}]
 FIRST_BYTE = "1"
 
 
@@ -80,15 +81,18 @@ def test_a_frozen_node_is_cooled_down_by_the_gateway(
     sdk = openai.OpenAI(base_url=g.url + "/v1", api_key="none", max_retries=0, timeout=20)
     served: list[str] = []
     for attempt in range(24):  # the frozen node is chosen at random among two: until it was
-        stream = attempt % 2 == 1
-        raw = sdk.chat.completions.with_raw_response.create(
-            model="alpha", messages=CHAT, max_tokens=4, temperature=0, stream=stream
-        )
-        served.append(raw.headers["x-llamanet-node"])
-        if stream:
-            assert list(raw.parse())[-1].choices[0].finish_reason in ("stop", "length")
+        if attempt % 2:
+            streamed = sdk.chat.completions.with_raw_response.create(
+                model="alpha", messages=CHAT, max_tokens=4, temperature=0, stream=True
+            )
+            served.append(streamed.headers["x-llamanet-node"])
+            assert list(streamed.parse())[-1].choices[0].finish_reason in ("stop", "length")
         else:
-            assert raw.parse().choices[0].message.content is not None
+            whole = sdk.chat.completions.with_raw_response.create(
+                model="alpha", messages=CHAT, max_tokens=4, temperature=0
+            )
+            served.append(whole.headers["x-llamanet-node"])
+            assert whole.parse().choices[0].message.content is not None
         if cooldowns(g, frozen_id):
             break
     assert cooldowns(g, frozen_id) == 1, "the frozen node was never tried"

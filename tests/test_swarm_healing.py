@@ -89,8 +89,8 @@ def test_the_first_node_restarted_rejoins_and_serves(
     """A (no --bootstrap) is restarted with the same home and ports after its peers dropped
     it; it must rejoin through the peers it remembered and serve through the swarm (issue 13)."""
     home = tmp_path_factory.mktemp("first-node")
-    ports = ("--port", str(free_port(socket.SOCK_STREAM)))
-    ports += ("--dht-port", str(free_port(socket.SOCK_DGRAM)))
+    ports = ["--port", str(free_port(socket.SOCK_STREAM))]
+    ports += ["--dht-port", str(free_port(socket.SOCK_DGRAM))]
     a = start_node("--model-id", "alpha", *ports, home=home)
     b = start_node("--model-id", "beta", "--bootstrap", a.bootstrap)
     c = start_node("--model-id", "gamma", "--bootstrap", b.bootstrap)

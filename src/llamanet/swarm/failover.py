@@ -300,14 +300,15 @@ async def wait_for_answer(
     (frozen, hung, unreachable) fails the attempt with `TimeoutError`. `answer` is cancelled
     whenever this does not return its result.
     """
-    task = asyncio.ensure_future(answer)
-    probe: asyncio.Future[bool] | None = None
+    task = asyncio.create_task(_result_of(answer))
+    probe: asyncio.Task[bool] | None = None
     try:
         done, _ = await asyncio.wait({task}, timeout=first_byte_timeout)
         if task in done:
             return task.result()
-        probe = asyncio.ensure_future(_answers(alive, first_byte_timeout))
-        done, _ = await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
+        probe = asyncio.create_task(_answers(alive, first_byte_timeout))
+        either: set[asyncio.Task[Any]] = {task, probe}
+        done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if task in done or task.done():
             return task.result()
         if not probe.result():
@@ -321,6 +322,10 @@ async def wait_for_answer(
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pending
+
+
+async def _result_of(answer: Awaitable[T]) -> T:
+    return await answer
 
 
 async def _answers(alive: Callable[[], Awaitable[bool]], timeout: float) -> bool:

@@ -228,7 +228,7 @@ class NodeSelector:
         """
         streak = self._fail_streak.get(node_id, 0) + 1
         self._fail_streak[node_id] = streak
-        seconds = min(self.cooldown_base * 2 ** min(streak - 1, 62), self.cooldown_max)
+        seconds = min(self.cooldown_base * 2.0 ** min(streak - 1, 62), self.cooldown_max)
         if retry_after is not None and retry_after > seconds:
             seconds = min(retry_after, self.cooldown_max)
         self._cooldown_until[node_id] = self._clock() + seconds

@@ -181,7 +181,7 @@ class DHTNode:
 
     @property
     def node_id(self) -> str:
-        return self._server.node.id.hex()
+        return str(self._server.node.id.hex())
 
     @property
     def address(self) -> Address:
@@ -398,7 +398,7 @@ class DHTNode:
 
     def contacts(self) -> list[Address]:
         """The addresses of the peers in the routing table, most recently heard from first."""
-        protocol = self._server.protocol
+        protocol: DHTProtocol | None = self._server.protocol  # None until started
         if protocol is None:
             return []
         seen = protocol.last_seen
