@@ -55,6 +55,7 @@ _PASS_RESPONSE: Final = ("content-type", "retry-after", "x-llamanet-node", "cach
 MAX_ATTEMPTS: Final = 3
 MODEL_MEMORY: Final = 600.0  # a model seen this recently is "temporarily unavailable", not unknown
 WITHDRAWN_MEMORY: Final = 300.0  # how long a tombstone keeps older records of its node out
+MAX_WITHDRAWN: Final = 10_000
 _EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
@@ -146,7 +147,10 @@ class Gateway:
         held = self._withdrawn.get(tombstone.node_id)
         if held is None or tombstone.seq > held[0]:
             until = time.monotonic() + max(WITHDRAWN_MEMORY, tombstone.ttl)
+            self._withdrawn.pop(tombstone.node_id, None)  # oldest first: bounded below
             self._withdrawn[tombstone.node_id] = (tombstone.seq, until)
+            if len(self._withdrawn) > MAX_WITHDRAWN:
+                del self._withdrawn[next(iter(self._withdrawn))]
         before = len(self.records)
         self.records = [r for r in self.records if not self._superseded(r)]
         if len(self.records) != before:
