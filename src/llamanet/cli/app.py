@@ -238,6 +238,14 @@ def node(
             "request_timeout",
         ),
     ] = None,
+    first_byte_timeout: Annotated[
+        float | None,
+        _option(
+            "Seconds a peer gets to start its answer before a liveness probe decides whether "
+            "it is busy (wait on) or frozen (try another node); default 5.",
+            "first_byte_timeout",
+        ),
+    ] = None,
     log_level: Annotated[str | None, _option("Log level (default info).", "log_level")] = None,
 ) -> None:
     """Run an inference node: OpenAI-compatible API, native API, web UI, DHT presence."""

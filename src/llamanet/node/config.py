@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from llamanet.swarm.failover import DEFAULT_FIRST_BYTE_TIMEOUT
+
 
 def default_home() -> Path:
     return Path(os.environ.get("LLAMANET_HOME", "~/.llamanet")).expanduser()
@@ -32,6 +34,7 @@ class NodeSettings(BaseSettings):
     queue_size: int = 8
     max_body_size: int = 1 << 20
     request_timeout: float = 600.0
+    first_byte_timeout: float = Field(default=DEFAULT_FIRST_BYTE_TIMEOUT, gt=0)
     dht_host: str | None = None
     dht_port: int = 8001
     bootstrap: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -25,23 +25,17 @@ from llamanet.node.gateway import Gateway
 from llamanet.node.metrics import Metrics
 from llamanet.node.model_store import model_id_for, resolve_model
 from llamanet.protocol import ModelInfo, NodeInfo, NodeRecord, NodeStatus
+from llamanet.swarm.addresses import parse_hostport
 from llamanet.swarm.identity import NodeIdentity
 from llamanet.swarm.membership import swarm_id
 
 if TYPE_CHECKING:
     from llamanet.swarm.dht import DHTNode, Presence
 
-__all__ = ["LlamaNetNode", "parse_hostport"]
+__all__ = ["LlamaNetNode"]
 
 log = logging.getLogger(__name__)
 announce = logging.getLogger("llamanet.ready")  # addresses: logged whatever the log level
-
-
-def parse_hostport(value: str, default_port: int = 8001) -> tuple[str, int]:
-    host, sep, port = value.strip().rpartition(":")
-    if not sep:
-        return value.strip(), default_port
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class LlamaNetNode:
@@ -84,7 +78,10 @@ class LlamaNetNode:
                 heartbeat=s.heartbeat,
                 request_timeout=s.request_timeout,
                 on_forwarded=self._count_forwarded,
+                first_byte_timeout=s.first_byte_timeout,
             )
+            if self._dht is not None:  # a node that leaves is dropped at once, not at a refresh
+                self._dht.on_withdrawn(self.gateway.withdrawn)
             self.gateway.start()
 
     def _count_forwarded(self) -> None:
@@ -127,7 +124,12 @@ class LlamaNetNode:
         announce.info("DHT listening on udp %s:%s", s.dht_host or s.host, dht.port)
         peers = [parse_hostport(p) for p in s.bootstrap]
         self._presence = Presence(
-            dht, self._identity, self._describe, heartbeat=s.heartbeat, bootstrap=peers
+            dht,
+            self._identity,
+            self._describe,
+            heartbeat=s.heartbeat,
+            bootstrap=peers,
+            peers_file=s.home / "peers.json",  # to rejoin after a restart, bootstrap or not
         )
         await self._presence.start()
 

@@ -17,7 +17,7 @@ from fastapi.sse import format_sse_event
 from llamanet.node.engine import GenerationResult, Job, Piece
 from llamanet.node.engine_api import Engine
 from llamanet.node.errors import stream_error_body
-from llamanet.protocol import new_id
+from llamanet.protocol import Usage, new_id
 
 DONE = format_sse_event(data_str="[DONE]")
 
@@ -30,12 +30,13 @@ def sse_json(obj: Any) -> bytes:
     return sse(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
 
-def usage_of(result: GenerationResult) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-    }
+def usage_of(result: GenerationResult) -> Usage:
+    """The token counts of a generation, as every response and stream reports them."""
+    return Usage(
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
 
 
 class ChunkFormat:
@@ -72,7 +73,7 @@ class _OpenAIFormat(ChunkFormat):
         return sse(f'{self._head},"choices":[{choice}]{usage}}}')
 
     def _usage_chunk(self, result: GenerationResult) -> bytes:
-        usage = json.dumps(usage_of(result), separators=(",", ":"))
+        usage = usage_of(result).model_dump_json()
         return sse(f'{self._head},"choices":[],"usage":{usage}}}')
 
 
@@ -148,7 +149,7 @@ class NativeFormat(ChunkFormat):
                     "finished": True,
                     "finish_reason": result.finish_reason,
                     "node_id": json.loads(self.node_id),
-                    "usage": usage_of(result),
+                    "usage": usage_of(result).model_dump(),
                     "tokens_per_second": round(result.tokens_per_second, 2),
                     "ttft_ms": round(result.ttft_ms, 2),
                 }

@@ -22,8 +22,8 @@ from llamanet.node.engine_api import Engine
 from llamanet.node.errors import APIError, model_not_found
 from llamanet.node.gateway import is_forwarded
 from llamanet.node.node import LlamaNetNode
-from llamanet.node.streaming import ChunkFormat, event_stream
-from llamanet.protocol import ChatMessage, FinishReason, SamplingFields, Usage
+from llamanet.node.streaming import ChunkFormat, event_stream, usage_of
+from llamanet.protocol import ChatMessage, FinishReason, SamplingFields
 
 __all__ = [
     "SWARM_ALIAS",
@@ -166,9 +166,4 @@ def finish_reason(result: GenerationResult) -> FinishReason:
     return cast(FinishReason, result.finish_reason)
 
 
-def usage(result: GenerationResult) -> Usage:
-    return Usage(
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        total_tokens=result.prompt_tokens + result.completion_tokens,
-    )
+usage = usage_of  # one definition of usage (streaming.usage_of)
