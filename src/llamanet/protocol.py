@@ -781,7 +781,7 @@ class EmbeddingRequest(_Lenient):
         if isinstance(self.input, str):
             return [self.input]
         if self.input and all(isinstance(t, int) for t in self.input):
-            return [self.input]  # type: ignore[list-item]  # one token array
+            return [self.input]  # type: ignore[list-item, return-value]  # one token array
         return self.input  # type: ignore[return-value]
 
 
@@ -941,7 +941,9 @@ class ResponsesTextFormat(_Lenient):
 
 
 class ResponsesTextConfig(_Lenient):
-    format: ResponsesTextFormat = Field(default_factory=lambda: ResponsesTextFormat(type="text"))
+    format: ResponsesTextFormat = Field(
+        default_factory=lambda: ResponsesTextFormat.model_validate({"type": "text"})
+    )
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
