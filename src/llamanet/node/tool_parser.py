@@ -56,7 +56,7 @@ _WS = " \t\r\n"
 def _other_key(text: str) -> bool:
     """The object in `text` starts with a key other than the envelope's."""
     match = _FIRST_KEY.match(text)
-    return bool(match) and match.group(1) not in ("tool_calls", "response")
+    return match is not None and match.group(1) not in ("tool_calls", "response")
 
 
 def json_value_end(text: str, start: int) -> int | None:

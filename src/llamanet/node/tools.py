@@ -22,6 +22,7 @@ engine that supports it). Arguments always come from the function's JSON schema 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -32,6 +33,7 @@ from llamanet.node.structured import GrammarBuilder, check_grammar
 from llamanet.protocol import (
     ChatMessage,
     ChatTool,
+    FunctionDefinition,
     ResponsesFunctionTool,
 )
 
@@ -70,9 +72,10 @@ class ToolSpec:
         return {"type": "function", "function": function}
 
 
-def tool_specs(tools: list[ChatTool] | list[ResponsesFunctionTool] | None) -> list[ToolSpec]:
+def tool_specs(tools: Sequence[ChatTool | ResponsesFunctionTool] | None) -> list[ToolSpec]:
     specs = []
     for index, tool in enumerate(tools or ()):
+        fn: FunctionDefinition
         if isinstance(tool, ChatTool):
             fn, where = tool.function, f"tools.{index}.function.parameters"
         else:
@@ -166,7 +169,8 @@ def render_prompt(
 
     formatter = Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
     try:
-        return formatter(messages=messages, tools=tools).prompt  # type: ignore[no-any-return]
+        prompt = formatter(messages=messages, tools=tools).prompt  # type: ignore[arg-type]
+        return str(prompt)
     except Exception as exc:
         raise APIError(
             400,
