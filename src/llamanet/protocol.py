@@ -726,6 +726,29 @@ class Completion(BaseModel):
 
 
 MAX_EMBEDDING_INPUTS = 2048  # the OpenAI limit
+MAX_TOKEN_ID = (1 << 31) - 1  # llama.cpp tokens are int32; the model's vocabulary decides further
+
+_TOKEN_ARRAY: dict[str, Any] = {
+    "type": "array",
+    "items": {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID},
+    "minItems": 1,
+}
+_EMBEDDING_INPUT_SCHEMA: dict[str, Any] = {  # what `_embedding_input` enforces
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "maxItems": MAX_EMBEDDING_INPUTS,
+        },
+        _TOKEN_ARRAY,
+        {"type": "array", "items": _TOKEN_ARRAY, "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS},
+    ],
+    "title": "Input",
+    "description": "A string, a list of strings, a token array, or a list of token arrays; "
+    f"never empty, at most {MAX_EMBEDDING_INPUTS} inputs, each within the model's context.",
+}
 
 
 def _embedding_input(value: Any) -> Any:
@@ -735,7 +758,9 @@ def _embedding_input(value: Any) -> Any:
         return PydanticCustomError("embedding_input", message)
 
     def tokens(array: list[Any]) -> bool:
-        return all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in array)
+        return all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_TOKEN_ID for t in array
+        )
 
     if isinstance(value, str):
         if not value:
@@ -743,26 +768,28 @@ def _embedding_input(value: Any) -> Any:
         return value
     if not isinstance(value, list) or not value:
         raise bad("input must be a string, a list of strings, or token arrays, and not empty")
+    if tokens(value):
+        return value  # one token array: its length is bounded by the context, not by this
     if len(value) > MAX_EMBEDDING_INPUTS:
         raise bad(f"input holds at most {MAX_EMBEDDING_INPUTS} items")
     if all(isinstance(item, str) for item in value):
         if not all(value):
             raise bad("input must not hold an empty string")
         return value
-    if tokens(value):
-        return value
     if all(isinstance(item, list) and item and tokens(item) for item in value):
         return value
     raise bad(
-        "input must be a string, a list of strings, a token array (non-negative integers) "
-        "or a list of non-empty token arrays"
+        "input must be a string, a list of strings, a token array (integers from 0 to "
+        f"{MAX_TOKEN_ID}) or a list of non-empty token arrays"
     )
 
 
 class EmbeddingRequest(_Lenient):
     model: str | None = None
     input: Annotated[
-        str | list[str] | list[int] | list[list[int]], BeforeValidator(_embedding_input)
+        str | list[str] | list[int] | list[list[int]],
+        BeforeValidator(_embedding_input),
+        WithJsonSchema(_EMBEDDING_INPUT_SCHEMA),
     ]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1), Number] | None = None
@@ -1236,6 +1263,7 @@ class ModelCard(BaseModel):
     owned_by: str = "llamanet"
     nodes: int = 1
     n_ctx: int | None = None
+    capabilities: list[str] = Field(default_factory=list)  # served by at least one node
 
 
 class ModelList(BaseModel):
@@ -1306,6 +1334,8 @@ class ModelInfo(BaseModel):
     id: str
     n_ctx: int
     quantization: str | None = None
+    # what a node serves of the model: "chat", "completions", "embeddings", "tools", ...
+    capabilities: list[str] = Field(default_factory=list)
 
 
 class NodeStatus(BaseModel):

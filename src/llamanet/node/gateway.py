@@ -20,10 +20,10 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from llamanet.node.disconnect import unless_disconnected
-from llamanet.node.errors import APIError, model_not_found
+from llamanet.node.errors import APIError, capability_not_served, model_not_found
 from llamanet.protocol import NodeRecord
 from llamanet.swarm.membership import FORWARDED_HEADER, SWARM_AUTH_HEADER, swarm_proof
-from llamanet.swarm.selector import NodeSelector
+from llamanet.swarm.selector import NodeSelector, offers
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,12 @@ class Gateway:
         return out
 
     async def _candidates(
-        self, model: str | None, prompt_tokens: int, max_tokens: int, tried: set[str]
+        self,
+        model: str | None,
+        prompt_tokens: int,
+        max_tokens: int,
+        tried: set[str],
+        capability: str | None = None,
     ) -> list[NodeRecord]:
         exclude = {self.node_id, *tried}
         ranked = self.selector.rank(
@@ -113,6 +118,7 @@ class Gateway:
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
             exclude=exclude,
+            capability=capability,
         )
         if not ranked and not tried:  # the cache may be stale: look once more, on demand
             await self.refresh()
@@ -122,6 +128,7 @@ class Gateway:
                 prompt_tokens=prompt_tokens,
                 max_tokens=max_tokens,
                 exclude=exclude,
+                capability=capability,
             )
         return ranked
 
@@ -135,8 +142,10 @@ class Gateway:
         prompt_tokens: int = 0,
         max_tokens: int = 0,
         reason: str = "",
+        capability: str | None = None,
     ) -> StreamingResponse:
-        """Sends the request to the best peer, failing over before the first byte."""
+        """Sends the request to the best peer, failing over before the first byte; with a
+        `capability` (e.g. "embeddings"), only to peers whose record advertises it."""
         body = await request.body()
         headers = {k: v for k, v in request.headers.items() if k.lower() in _PASS_REQUEST}
         headers[FORWARDED_HEADER] = self.node_id
@@ -145,7 +154,7 @@ class Gateway:
         tried: set[str] = set()
         last_error: APIError | None = None
         for _ in range(MAX_ATTEMPTS):
-            ranked = await self._candidates(model, prompt_tokens, max_tokens, tried)
+            ranked = await self._candidates(model, prompt_tokens, max_tokens, tried, capability)
             if not ranked:
                 break
             peer = ranked[0]
@@ -158,6 +167,8 @@ class Gateway:
             raise last_error
         if model is not None and model not in self.swarm_models():
             raise model_not_found(model, sorted(self.swarm_models()))
+        if capability is not None and not any(offers(r, model, capability) for r in self.peers()):
+            raise capability_not_served(capability, model)
         raise APIError(
             503,
             "No node in the swarm can take this request right now.",

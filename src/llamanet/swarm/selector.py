@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from llamanet.protocol import NodeRecord
 
-__all__ = ["NodeSelector"]
+__all__ = ["NodeSelector", "offers"]
 
 _T = TypeVar("_T")
 
@@ -88,10 +88,18 @@ class NodeSelector:
         prompt_tokens: int = 0,
         max_tokens: int = 0,
         exclude: Collection[str] = (),
+        capability: str | None = None,
     ) -> list[NodeRecord]:
-        """Eligible nodes for a request, best first (an empty list if none qualifies)."""
+        """Eligible nodes for a request, best first (an empty list if none qualifies).
+
+        `capability` (e.g. "embeddings"): only nodes whose record advertises it for the model.
+        """
         needed = prompt_tokens + max_tokens
-        candidates = [r for r in _unique(records) if self._eligible(r, model, needed, exclude)]
+        candidates = [
+            r
+            for r in _unique(records)
+            if self._eligible(r, model, needed, exclude) and offers(r, model, capability)
+        ]
         if not candidates:
             return []
         return self._order(candidates)
@@ -104,6 +112,7 @@ class NodeSelector:
         prompt_tokens: int = 0,
         max_tokens: int = 0,
         exclude: Collection[str] = (),
+        capability: str | None = None,
     ) -> NodeRecord | None:
         """The best eligible node, or None."""
         ranked = self.rank(
@@ -112,6 +121,7 @@ class NodeSelector:
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
             exclude=exclude,
+            capability=capability,
         )
         return ranked[0] if ranked else None
 
@@ -274,6 +284,15 @@ class NodeSelector:
             "rtt": dict(self._rtt),
             "cooldown": {n: self.cooldown_remaining(n) for n in list(self._cooldown_until)},
         }
+
+
+def offers(record: NodeRecord, model: str | None, capability: str | None) -> bool:
+    """Whether the record advertises `capability` for `model` (any of its models for None)."""
+    if capability is None:
+        return True
+    return any(
+        capability in info.capabilities for info in record.models if model in (None, info.id)
+    )
 
 
 def _unique(records: Iterable[NodeRecord]) -> list[NodeRecord]:
