@@ -12,11 +12,14 @@ raises `StreamInterrupted`: never a silently short answer.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
@@ -31,6 +34,7 @@ from llamanet._version import __version__
 from llamanet.protocol import (
     NODE_HEADER,
     ChatMessage,
+    EmbeddingList,
     ErrorDetail,
     GenerateResponse,
     ModelCard,
@@ -56,6 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+EmbeddingInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
 
 DEFAULT_NODE_URL = "http://127.0.0.1:8000"
 DEFAULT_DHT_PORT = 8001
@@ -671,6 +676,58 @@ class LlamaNetClient:
             async for chunk in chunks:
                 yield chunk
 
+    async def embed(self, inputs: EmbeddingInput, *, model: str | None = None) -> list[list[float]]:
+        """Embedding vectors (`POST /v1/embeddings`), one per input, mean-pooled and of length 1,
+        from a node whose record advertises embeddings; `inputs` is a string, a list of
+        strings, a token array or a list of token arrays (one string or array: one vector).
+        Fails over to another node like `generate` (before any answer: nothing is partial)."""
+        http = await self._ensure_started()
+        wanted = model or self.model
+        body: dict[str, Any] = {
+            "input": inputs if isinstance(inputs, str) else list(inputs),
+            "encoding_format": "base64",  # a quarter of the bytes of JSON floats
+        }
+        if wanted:
+            body["model"] = wanted
+        tried: set[str] = set()
+        failures: list[NodeError | NodeUnreachable] = []
+        refreshed = False
+        while len(tried) <= self.retries:
+            node = self.selector.select(
+                self.records.live(), model=wanted, exclude=tried, capability="embeddings"
+            )
+            if node is None and not refreshed:  # one discovery round might find a node
+                refreshed = True
+                await self.refresh()
+                continue
+            if node is None:
+                break
+            tried.add(node.node_id)
+            url = self.url_of(node)
+            failure: NodeError | NodeUnreachable
+            try:
+                with self.selector.track(node.node_id):
+                    response = await http.post(f"{url}/v1/embeddings", json=body)
+                if response.status_code >= 400:
+                    raise _response_error(response, node.node_id, url)
+                vectors = _decode_embeddings(response.content)
+            except (httpx.TransportError, _Malformed) as exc:
+                failure = NodeUnreachable(node.node_id, url, exc)
+            except NodeError as err:
+                if not err.retryable:
+                    raise
+                failure = err
+            else:
+                self.selector.mark_ok(node.node_id)
+                return vectors
+            retry_after = failure.retry_after if isinstance(failure, NodeError) else None
+            self.selector.mark_failed(node.node_id, retry_after=retry_after)
+            failures.append(failure)
+        what = f"embeddings of model {wanted!r}" if wanted else "embeddings"
+        if failures:
+            raise NoNodeAvailable(f"every node tried for {what} failed", failures)
+        raise NoNodeAvailable(f"no node known serves {what} (discovery: {self.sources()})")
+
     @classmethod
     def sync(cls, **kwargs: Any) -> SyncLlamaNetClient:
         """A blocking facade for scripts; takes the same keyword arguments."""
@@ -774,6 +831,29 @@ class LlamaNetClient:
                     state.complete = True  # the answer is whole even if [DONE] never comes
                 state.delivered += 1
                 yield chunk
+
+
+def _decode_embeddings(content: bytes) -> list[list[float]]:
+    """The vectors of an OpenAI embeddings response (base64 little-endian float32 or floats),
+    in input order."""
+    try:
+        data = EmbeddingList.model_validate_json(content).data
+    except ValidationError as exc:
+        raise _Malformed(f"not an embeddings response: {exc}") from exc
+    vectors: list[list[float]] = []
+    for item in sorted(data, key=lambda e: e.index):
+        if isinstance(item.embedding, list):
+            vectors.append(item.embedding)
+            continue
+        floats = array.array("f")
+        try:
+            floats.frombytes(base64.b64decode(item.embedding, validate=True))
+        except ValueError as exc:  # binascii.Error, or a length not a multiple of 4
+            raise _Malformed(f"embedding {item.index} is not base64 float32") from exc
+        if sys.byteorder == "big":
+            floats.byteswap()
+        vectors.append(floats.tolist())
+    return vectors
 
 
 def _stream_failure(
@@ -889,6 +969,9 @@ class SyncLlamaNetClient:
         self, messages: Sequence[MessageLike], **kwargs: Any
     ) -> Iterator[StreamingChunk]:
         return self._iterate(self._client.chat_stream(messages, **kwargs))
+
+    def embed(self, inputs: EmbeddingInput, *, model: str | None = None) -> list[list[float]]:
+        return self._run(self._client.embed(inputs, model=model))
 
     def models(self) -> list[ModelCard]:
         return self._run(self._client.models())
