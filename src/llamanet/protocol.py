@@ -757,10 +757,12 @@ def _embedding_input(value: Any) -> Any:
     def bad(message: str) -> PydanticCustomError:
         return PydanticCustomError("embedding_input", message)
 
+    def token(t: Any) -> bool:  # an integer, also as JSON may write it (`7.0`), as for every int
+        whole = isinstance(t, int) or (isinstance(t, float) and t.is_integer())
+        return whole and not isinstance(t, bool) and 0 <= t <= MAX_TOKEN_ID
+
     def tokens(array: list[Any]) -> bool:
-        return all(
-            isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_TOKEN_ID for t in array
-        )
+        return all(token(t) for t in array)
 
     if isinstance(value, str):
         if not value:
@@ -769,7 +771,7 @@ def _embedding_input(value: Any) -> Any:
     if not isinstance(value, list) or not value:
         raise bad("input must be a string, a list of strings, or token arrays, and not empty")
     if tokens(value):
-        return value  # one token array: its length is bounded by the context, not by this
+        return [int(t) for t in value]  # one token array: its length is the context's to bound
     if len(value) > MAX_EMBEDDING_INPUTS:
         raise bad(f"input holds at most {MAX_EMBEDDING_INPUTS} items")
     if all(isinstance(item, str) for item in value):
@@ -777,7 +779,7 @@ def _embedding_input(value: Any) -> Any:
             raise bad("input must not hold an empty string")
         return value
     if all(isinstance(item, list) and item and tokens(item) for item in value):
-        return value
+        return [[int(t) for t in item] for item in value]
     raise bad(
         "input must be a string, a list of strings, a token array (integers from 0 to "
         f"{MAX_TOKEN_ID}) or a list of non-empty token arrays"
