@@ -425,3 +425,89 @@ async def test_embeddings_count_against_the_rate_limit(tmp_path: Path) -> None:
         statuses += [(await http.post("/v1/embeddings", json={"input": "a"})).status_code]
         statuses += [(await http.post("/v1/embeddings", json={"input": "a"})).status_code]
     assert statuses == [200, 200, 429]
+
+
+# ------------------------------------------------------------------ LlamaNetClient.embed
+
+
+class EmbeddingNodes:
+    """A FAKE swarm behind `httpx.MockTransport`: node `name` at http://<name>.test answers
+    `/v1/embeddings` with `answers[name]` (a status, or 200 with base64 vectors)."""
+
+    def __init__(self, tmp_path: Path, capabilities: dict[str, list[str]]) -> None:
+        self.records = [
+            sign_record(
+                NodeIdentity.load_or_create(tmp_path / name),
+                url=f"http://{name}.test",
+                models=[ModelInfo(id="m", n_ctx=512, capabilities=caps)],
+                version="0",
+                started_at=0.0,
+                ttl=30.0,
+            )
+            for name, caps in capabilities.items()
+        ]
+        self.answers: dict[str, int] = {}
+        self.calls: list[str] = []
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        name = request.url.host.removesuffix(".test")
+        if request.url.path == "/nodes":
+            return httpx.Response(200, json={"nodes": [r.model_dump() for r in self.records]})
+        if request.url.path != "/v1/embeddings":  # the client's rtt probes
+            return httpx.Response(200, json={"status": "ok"})
+        self.calls.append(name)
+        status = self.answers.get(name, 200)
+        if status != 200:
+            error = {"message": "no", "type": "invalid_request_error", "param": None, "code": "x"}
+            return httpx.Response(status, json={"error": error}, headers={"Retry-After": "1"})
+        body = json.loads(request.content)
+        assert body["encoding_format"] == "base64"
+        inputs = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        result = Embeddings(normalize(np.eye(len(inputs), 4) + 0.5), prompt_tokens=len(inputs))
+        return httpx.Response(200, content=render(result, "base64", "m"))
+
+
+def embedding_client(nodes: EmbeddingNodes) -> Any:
+    from llamanet.client import LlamaNetClient
+
+    return LlamaNetClient(
+        nodes=["http://a.test"],
+        refresh_interval=3600.0,
+        transport=httpx.MockTransport(nodes.handler),
+    )
+
+
+async def test_client_embeds_only_on_nodes_that_advertise_it(tmp_path: Path) -> None:
+    nodes = EmbeddingNodes(tmp_path, {"a": ["chat"], "b": ["chat", "embeddings"]})
+    async with embedding_client(nodes) as client:
+        for _ in range(5):
+            got = await client.embed(["x", "y"], model="m")
+            assert np.allclose(got, normalize(np.eye(2, 4) + 0.5), atol=1e-7)
+        assert len(await client.embed("x")) == 1
+    assert nodes.calls == ["b"] * 6
+
+
+async def test_client_embed_fails_over_but_raises_a_callers_error(tmp_path: Path) -> None:
+    from llamanet.client import NodeError, NoNodeAvailable
+
+    nodes = EmbeddingNodes(tmp_path, {"a": ["embeddings"], "b": ["embeddings"]})
+    nodes.answers = {"a": 503, "b": 503}
+    async with embedding_client(nodes) as client:
+        with pytest.raises(NoNodeAvailable) as caught:
+            await client.embed(["x"])
+        assert sorted(nodes.calls) == ["a", "b"] and len(caught.value.attempts) == 2
+    nodes.answers, nodes.calls = {"a": 400, "b": 400}, []
+    async with embedding_client(nodes) as client:
+        with pytest.raises(NodeError) as error:
+            await client.embed(["x"])
+        assert error.value.status == 400 and len(nodes.calls) == 1  # not retried elsewhere
+
+
+async def test_client_embed_without_a_capable_node(tmp_path: Path) -> None:
+    from llamanet.client import NoNodeAvailable
+
+    nodes = EmbeddingNodes(tmp_path, {"a": ["chat", "completions"]})
+    async with embedding_client(nodes) as client:
+        with pytest.raises(NoNodeAvailable, match="no node known serves embeddings"):
+            await client.embed("x")
+    assert nodes.calls == []
