@@ -240,7 +240,6 @@ class EmbeddingService:
         self.batch_tokens = batch_tokens
         self.max_request_tokens = max_request_tokens
         self.dimensions: int | None = None  # known once the model is loaded
-        self.requests_total = 0
         self._lock = threading.Lock()  # guards job states and `_pending`, held for microseconds
         self._pending = 0  # admitted and not finished nor abandoned
         self._seconds = 0.0  # moving average of a request's run time (Retry-After)
@@ -287,7 +286,6 @@ class EmbeddingService:
             if self._pending >= self.capacity:
                 raise QueueFull(self.retry_after())
             self._pending += 1
-        self.requests_total += 1
         self._start_worker()
         self._jobs.put(job)
         try:

@@ -3,11 +3,12 @@
 The node is what the HTTP routes read (`request.app.state.node`); what it offers them is named and
 small: `settings`, `node_id`, `engine`, `embeddings`, `gateway`, `metrics`, `started_at`,
 `load_error`, `ready`/`loading`, `capabilities()`, `models()`, `status()`, `info()`,
-`find_nodes()`, `dht_status()`. The gateway
-and the metrics collector get callables at construction, never the node.
+`find_nodes()`, `dht_status()`. The gateway and the metrics collector get callables at
+construction, never the node.
 
-`LlamaNetNode(settings, engine=...)` serves the given engine instead of loading a model, and
-`dht=False` starts neither the DHT nor the gateway: an in-process node for tests.
+`LlamaNetNode(settings, engine=..., embeddings=...)` serves the given engine (and embedding
+service) instead of loading a model, and `dht=False` starts neither the DHT nor the gateway: an
+in-process node for tests.
 """
 
 from __future__ import annotations
