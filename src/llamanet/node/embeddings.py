@@ -240,6 +240,7 @@ class EmbeddingService:
         self.batch_tokens = batch_tokens
         self.max_request_tokens = max_request_tokens
         self.dimensions: int | None = None  # known once the model is loaded
+        self.decodes = 0  # llama_decode calls so far (each at most `batch_tokens` tokens)
         self._lock = threading.Lock()  # guards job states and `_pending`, held for microseconds
         self._pending = 0  # admitted and not finished nor abandoned
         self._seconds = 0.0  # moving average of a request's run time (Retry-After)
@@ -439,6 +440,7 @@ class EmbeddingService:
                     n += 1
             batch.n_tokens = n
             ctx.decode(self._batch)
+            self.decodes += 1
             pointer = llama_cpp.llama_get_embeddings(ctx.ctx)
             if not pointer:
                 raise EmbeddingFailed("the model returned no embeddings")
