@@ -172,7 +172,14 @@ def test_status_info_health(node: Any) -> None:
     status, info = node.get("/status").json(), node.get("/info").json()
     assert status["node_id"] == info["node_id"]
     assert status["requests_completed"] > 0 and status["tokens_per_second"] > 0
-    assert info["models"] == [{"id": "smol", "n_ctx": 512, "quantization": "Q4_1"}]
+    assert info["models"] == [
+        {
+            "id": "smol",
+            "n_ctx": 512,
+            "quantization": "Q4_1",
+            "capabilities": ["chat", "completions", "embeddings"],
+        }
+    ]
     assert node.get("/health").status_code == 200
 
 

@@ -254,7 +254,12 @@ async def test_native_needs_prompt_xor_messages(http: httpx.AsyncClient) -> None
 async def test_info_health_dht_status(http: httpx.AsyncClient, engine: FakeEngine) -> None:
     info = (await http.get("/info")).json()
     assert info["models"] == [
-        {"id": engine.model_id, "n_ctx": engine.n_ctx, "quantization": "Q4_0"}
+        {
+            "id": engine.model_id,
+            "n_ctx": engine.n_ctx,
+            "quantization": "Q4_0",
+            "capabilities": ["chat", "completions"],
+        }
     ]
     assert info["model_path"] == str(engine.model_path)
     assert info["metadata"] == engine.metadata
@@ -317,10 +322,9 @@ async def test_context_overflow_is_400_before_any_stream(http: httpx.AsyncClient
     ("method", "path"),
     [
         ("GET", "/v1/nothing"),
-        ("POST", "/v1/embeddings"),
         ("POST", "/v1/responses"),
         ("POST", "/nothing/at/all"),
-        ("PUT", "/v1/embeddings"),
+        ("PUT", "/v1/nothing"),
         ("DELETE", "/x"),
         ("POST", "/"),
     ],
@@ -524,7 +528,7 @@ async def test_status_counts_requests_and_tokens(
 
 async def test_metrics_render(http: httpx.AsyncClient, engine: FakeEngine) -> None:
     await http.post("/v1/chat/completions", json={"messages": CHAT})
-    await http.post("/v1/embeddings", json={})
+    await http.post("/v1/nothing", json={})
     res = await http.get("/metrics")
     assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
     text = res.text
@@ -577,6 +581,7 @@ async def test_openapi_documents_every_route(http: httpx.AsyncClient) -> None:
         "/v1/chat/completions",
         "/v1/chat/completions/stream",
         "/v1/completions",
+        "/v1/embeddings",
         "/generate",
         "/generate/stream",
         "/status",

@@ -208,6 +208,16 @@ def node(
             show_default=False,
         ),
     ] = None,
+    embeddings: Annotated[
+        bool | None,
+        typer.Option(
+            "--embeddings/--no-embeddings",
+            help="Serve /v1/embeddings (an embedding context on the model, made on first use).",
+            envvar="LLAMANET_EMBEDDINGS",
+            show_envvar=True,
+            show_default=False,
+        ),
+    ] = None,
     api_key: Annotated[
         list[str] | None,
         _option(

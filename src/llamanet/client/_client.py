@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from llamanet._version import __version__
 from llamanet.client._cache import RecordCache
 from llamanet.client._discovery import Discovery
+from llamanet.client._embeddings import EmbeddingInput, decode_embeddings
 from llamanet.client._errors import (
     LlamaNetError,
     MalformedAnswer,
@@ -366,6 +367,11 @@ class LlamaNetClient:
             )
         if not self.records.active():
             return NoNodeAvailable(f"no node known: discovery from {self.sources()} found none")
+        if failover.capability and not failover.candidates():
+            return NoNodeAvailable(
+                f"no node known serves {failover.capability} for {what} "
+                f"(discovery: {self.sources()})"
+            )
         serving, cooling = failover.candidates(), failover.cooling()
         return NoNodeAvailable(
             f"no node available for {what}: {len(serving)} known serve it, "
@@ -391,6 +397,48 @@ class LlamaNetClient:
                 continue
             failover.succeeded(node)
             return result
+        raise self._exhausted(failover)
+
+    async def embed(self, inputs: EmbeddingInput, *, model: str | None = None) -> list[list[float]]:
+        """Embedding vectors (`POST /v1/embeddings`), one per input, mean-pooled and of length 1,
+        from a node whose record advertises embeddings; `inputs` is a string, a list of
+        strings, a token array or a list of token arrays (one string or array: one vector).
+        Fails over like `generate` (before any answer: nothing is partial)."""
+        http = await self._ensure_started()
+        wanted = model or self.model
+        body: dict[str, Any] = {
+            "input": inputs if isinstance(inputs, str) else list(inputs),
+            "encoding_format": "base64",
+        }
+        if wanted:
+            body["model"] = wanted
+        failover: Failover[Failure] = Failover(
+            self.selector,
+            records=self.records.live,
+            refresh=self.refresh,
+            model=wanted,
+            attempts=self.retries + 1,
+            capability="embeddings",
+        )
+        while (node := await failover.next_node()) is not None:
+            url = self.url_of(node)
+            try:
+                with self.selector.track(node.node_id):
+                    response = await self._answer(
+                        node, http.post(f"{url}/v1/embeddings", json=body)
+                    )
+                if response.status_code >= 400:
+                    raise response_error(response, node.node_id, url)
+                vectors = decode_embeddings(response.content)
+            except _REQUEST_FAILURES as exc:
+                self._failed(failover, node, NodeUnreachable(node.node_id, url, exc))
+                continue
+            except NodeError as err:
+                if not self._failed(failover, node, err):
+                    raise
+                continue
+            failover.succeeded(node)
+            return vectors
         raise self._exhausted(failover)
 
     @staticmethod

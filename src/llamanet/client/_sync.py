@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 from llamanet.client._client import LlamaNetClient, MessageLike
+from llamanet.client._embeddings import EmbeddingInput
 from llamanet.client._errors import LlamaNetError
 from llamanet.protocol import GenerateResponse, ModelCard, NodeRecord, StreamingChunk
 
@@ -97,6 +98,9 @@ class SyncLlamaNetClient:
 
     def models(self) -> list[ModelCard]:
         return self._run(self._client.models())
+
+    def embed(self, inputs: EmbeddingInput, *, model: str | None = None) -> list[list[float]]:
+        return self._run(self._client.embed(inputs, model=model))
 
     def nodes(self) -> list[NodeRecord]:
         return self._run(self._client.nodes())

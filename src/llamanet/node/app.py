@@ -18,12 +18,13 @@ from llamanet.node.access import AccessControl
 from llamanet.node.errors import install_error_handlers
 from llamanet.node.middleware import RequestGuard, RequestLog, WebUI
 from llamanet.node.node import LlamaNetNode
-from llamanet.node.routes import native, openai, swarm
+from llamanet.node.routes import embeddings, native, openai, swarm
 
 __all__ = ["WEB_DIR", "create_app"]
 
 WEB_DIR = Path(__file__).parent.parent / "web"  # llamanet/web, the static UI
-_ROUTERS = (openai.router, native.router, swarm.router)  # no prefixes: their paths are the app's
+# no prefixes: their paths are the app's
+_ROUTERS = (openai.router, embeddings.router, native.router, swarm.router)
 
 
 def create_app(node: LlamaNetNode) -> FastAPI:

@@ -32,6 +32,7 @@ class NodeSettings(BaseSettings):
     n_threads: int | None = None
     n_batch: int = 512
     queue_size: int = 8
+    embeddings: bool = True  # serve /v1/embeddings (a second context on the model, made lazily)
     max_body_size: int = 1 << 20
     request_timeout: float = 600.0
     first_byte_timeout: float = Field(default=DEFAULT_FIRST_BYTE_TIMEOUT, gt=0)

@@ -32,7 +32,7 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
 from llamanet.node.disconnect import unless_disconnected
-from llamanet.node.errors import APIError, model_not_found
+from llamanet.node.errors import APIError, capability_not_served, model_not_found
 from llamanet.protocol import NodeRecord
 from llamanet.swarm.failover import (
     DEFAULT_FIRST_BYTE_TIMEOUT,
@@ -44,7 +44,7 @@ from llamanet.swarm.failover import (
     wait_for_answer,
 )
 from llamanet.swarm.membership import FORWARDED_HEADER, SWARM_AUTH_HEADER, swarm_proof
-from llamanet.swarm.selector import NodeSelector
+from llamanet.swarm.selector import NodeSelector, offers
 
 __all__ = ["Gateway", "is_forwarded"]
 
@@ -189,8 +189,10 @@ class Gateway:
         prompt_tokens: int | None = None,
         max_tokens: int = 0,
         reason: str = "",
+        capability: str | None = None,
     ) -> Response:
-        """Sends the request to the best peer, failing over before the first byte.
+        """Sends the request to the best peer, failing over before the first byte; with a
+        `capability` (e.g. "embeddings"), only to peers whose record advertises it.
 
         `prompt_tokens` None: estimated from the body, as the client library estimates it.
         """
@@ -210,6 +212,7 @@ class Gateway:
             max_tokens=max_tokens,
             attempts=MAX_ATTEMPTS,
             exclude={self.node_id},
+            capability=capability,
         )
         while (peer := await failover.next_node()) is not None:
             try:
@@ -221,9 +224,11 @@ class Gateway:
                 continue
             failover.succeeded(peer)
             return response
-        raise self._exhausted(failover, model)
+        raise self._exhausted(failover, model, capability)
 
-    def _exhausted(self, failover: Failover[APIError], model: str | None) -> APIError:
+    def _exhausted(
+        self, failover: Failover[APIError], model: str | None, capability: str | None = None
+    ) -> APIError:
         if failover.failures:
             if failover.all_busy:
                 wait = failover.retry_after()
@@ -235,6 +240,8 @@ class Gateway:
             if not self.seen_recently(model):
                 return model_not_found(model, sorted(self.swarm_models()))
             return _no_capacity(f"No node serving '{model}' is reachable right now", 5.0)
+        if capability is not None and not any(offers(r, model, capability) for r in self.peers()):
+            return capability_not_served(capability, model)
         cooling = [self.selector.cooldown_remaining(r.node_id) for r in failover.cooling()]
         wait = min(cooling) if cooling else 2.0
         return _no_capacity("No node in the swarm can take this request right now", wait)

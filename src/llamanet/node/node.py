@@ -1,12 +1,14 @@
 """A running node: its engine, identity, DHT presence and counters, started and stopped together.
 
 The node is what the HTTP routes read (`request.app.state.node`); what it offers them is named and
-small: `settings`, `node_id`, `engine`, `gateway`, `metrics`, `started_at`, `load_error`,
-`ready`/`loading`, `models()`, `status()`, `info()`, `find_nodes()`, `dht_status()`. The gateway
-and the metrics collector get callables at construction, never the node.
+small: `settings`, `node_id`, `engine`, `embeddings`, `gateway`, `metrics`, `started_at`,
+`load_error`, `ready`/`loading`, `capabilities()`, `models()`, `status()`, `info()`,
+`find_nodes()`, `dht_status()`. The gateway and the metrics collector get callables at
+construction, never the node.
 
-`LlamaNetNode(settings, engine=...)` serves the given engine instead of loading a model, and
-`dht=False` starts neither the DHT nor the gateway: an in-process node for tests.
+`LlamaNetNode(settings, engine=..., embeddings=...)` serves the given engine (and embedding
+service) instead of loading a model, and `dht=False` starts neither the DHT nor the gateway: an
+in-process node for tests.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamanet._version import __version__
 from llamanet.node.config import NodeSettings
+from llamanet.node.embeddings import EmbeddingService
 from llamanet.node.engine import LlamaEngine
 from llamanet.node.engine_api import Engine
 from llamanet.node.gateway import Gateway
@@ -42,7 +45,12 @@ class LlamaNetNode:
     """Everything one `llamanet node` process runs (see the module docstring)."""
 
     def __init__(
-        self, settings: NodeSettings, *, engine: Engine | None = None, dht: bool = True
+        self,
+        settings: NodeSettings,
+        *,
+        engine: Engine | None = None,
+        dht: bool = True,
+        embeddings: EmbeddingService | None = None,
     ) -> None:
         self.settings = settings
         self._identity = NodeIdentity.load_or_create(settings.home)
@@ -50,6 +58,8 @@ class LlamaNetNode:
         self.url = settings.public_url or f"http://{settings.host}:{settings.port}"
         self.started_at = time.time()
         self.engine: Engine | None = engine  # the node owns it: closed by `stop()`
+        # `/v1/embeddings`: made with the model it embeds with (lazily loaded: see embeddings.py)
+        self.embeddings: EmbeddingService | None = embeddings
         self.load_error: str | None = None
         self.gateway: Gateway | None = None
         self.metrics = Metrics(status=self.status, dht_status=self.dht_status)
@@ -101,6 +111,13 @@ class LlamaNetNode:
                 n_batch=s.n_batch,
                 queue_size=s.queue_size,
             )
+            if s.embeddings and self.embeddings is None:
+                self.embeddings = EmbeddingService(
+                    path,
+                    n_ctx=s.n_ctx,
+                    n_threads=s.n_threads or os.cpu_count(),
+                    queue_size=s.queue_size,
+                )
             log.info("model %s ready", model_id)
             if self._presence is not None:  # announce the model now, not at the next heartbeat
                 await self._presence.beat()
@@ -146,6 +163,8 @@ class LlamaNetNode:
                 log.warning("could not withdraw from the DHT: %s", exc)
         if self._dht is not None:
             await self._dht.stop()
+        if self.embeddings is not None:
+            await self.embeddings.close()
         if self.engine is not None:
             await self.engine.close()
 
@@ -161,9 +180,27 @@ class LlamaNetNode:
         """The model is still being loaded (it has not failed)."""
         return self.engine is None and not self.settings.no_model and self.load_error is None
 
+    def capabilities(self) -> list[str]:
+        """What this node serves of its model: its record and `/v1/models` advertise it."""
+        if self.engine is None:
+            return []
+        served = ["chat", "completions"]
+        if self.embeddings is not None:
+            served.append("embeddings")
+        return served
+
     def models(self) -> list[ModelInfo]:
         e = self.engine
-        return [ModelInfo(id=e.model_id, n_ctx=e.n_ctx, quantization=e.quantization)] if e else []
+        if e is None:
+            return []
+        return [
+            ModelInfo(
+                id=e.model_id,
+                n_ctx=e.n_ctx,
+                quantization=e.quantization,
+                capabilities=self.capabilities(),
+            )
+        ]
 
     def _describe(self) -> dict[str, Any]:
         """The live, unsigned fields of this node's DHT record."""

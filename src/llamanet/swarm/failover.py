@@ -37,7 +37,7 @@ from typing import Any, Final, Generic, TypeVar
 from pydantic import ValidationError
 
 from llamanet.protocol import ChatMessage, ModelCard, NodeRecord
-from llamanet.swarm.selector import NodeSelector
+from llamanet.swarm.selector import NodeSelector, offers
 
 __all__ = [
     "CALLER_ERROR_TYPES",
@@ -196,6 +196,7 @@ class Failover(Generic[F]):
     max_tokens: int = 0
     attempts: int = 3
     exclude: Collection[str] = ()
+    capability: str | None = None  # only nodes advertising it ("embeddings", ...)
     tried: list[NodeRecord] = field(default_factory=list)
     failures: list[Attempt[F]] = field(default_factory=list)
     refreshed: bool = False
@@ -230,10 +231,17 @@ class Failover(Generic[F]):
             prompt_tokens=self.prompt_tokens,
             max_tokens=self.max_tokens,
             exclude=exclude,
+            capability=self.capability,
         )
         if node is None and self.prompt_tokens:
             # the estimate is deliberately high: let a node that may fit decide exactly
-            node = select(records, model=self.model, max_tokens=self.max_tokens, exclude=exclude)
+            node = select(
+                records,
+                model=self.model,
+                max_tokens=self.max_tokens,
+                exclude=exclude,
+                capability=self.capability,
+            )
         return node
 
     def failed(
@@ -271,6 +279,7 @@ class Failover(Generic[F]):
             if not r.withdrawn
             and r.models
             and r.serves(self.model)
+            and offers(r, self.model, self.capability)
             and r.node_id not in self.exclude
         ]
 

@@ -141,10 +141,23 @@ def encode_record(record: NodeRecord) -> bytes:
             except ValueError as exc:
                 raise InvalidRecord("malformed", f"{name} is not hex") from exc
         elif name == "models":
-            value = [[m["id"], m["n_ctx"], m.get("quantization")] for m in value]
+            value = [_encode_model(m) for m in value]
         wire[_WIRE_KEYS.get(name, name)] = value
     packed: bytes = msgpack.packb(wire, use_bin_type=True)
     return packed
+
+
+def _encode_model(model: dict[str, Any]) -> list[Any]:
+    """`[id, n_ctx, quantization]`, plus the capabilities list when there is one."""
+    wire = [model["id"], model["n_ctx"], model.get("quantization")]
+    if model.get("capabilities"):
+        wire.append(model["capabilities"])
+    return wire
+
+
+def _decode_model(wire: list[Any]) -> ModelInfo:
+    capabilities = wire[3] if len(wire) > 3 else []
+    return ModelInfo(id=wire[0], n_ctx=wire[1], quantization=wire[2], capabilities=capabilities)
 
 
 def decode_record(data: bytes) -> NodeRecord:
@@ -165,7 +178,7 @@ def decode_record(data: bytes) -> NodeRecord:
                     raise TypeError(f"{name} must be bytes")
                 value = value.hex()
             elif name == "models":
-                value = [ModelInfo(id=m[0], n_ctx=m[1], quantization=m[2]) for m in value]
+                value = [_decode_model(m) for m in value]
             fields[name] = value
         return NodeRecord(**fields)
     except (ValueError, TypeError, IndexError, KeyError, ValidationError) as exc:

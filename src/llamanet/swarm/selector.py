@@ -18,7 +18,7 @@ from typing import TypeVar
 from llamanet.protocol import NodeRecord
 from llamanet.swarm.records import newest_per_node
 
-__all__ = ["NodeSelector"]
+__all__ = ["NodeSelector", "offers"]
 
 _T = TypeVar("_T")
 
@@ -90,13 +90,21 @@ class NodeSelector:
         prompt_tokens: int = 0,
         max_tokens: int = 0,
         exclude: Collection[str] = (),
+        capability: str | None = None,
     ) -> list[NodeRecord]:
-        """Eligible nodes for a request, best first (an empty list if none qualifies)."""
+        """Eligible nodes for a request, best first (an empty list if none qualifies).
+
+        `capability` (e.g. "embeddings"): only nodes whose record advertises it for the model.
+        """
         needed = prompt_tokens + max_tokens
         unique = _unique(records)
         for record in unique:
             self._note_restart(record)
-        candidates = [r for r in unique if self._eligible(r, model, needed, exclude)]
+        candidates = [
+            r
+            for r in unique
+            if self._eligible(r, model, needed, exclude) and offers(r, model, capability)
+        ]
         if not candidates:
             return []
         return self._order(candidates)
@@ -109,6 +117,7 @@ class NodeSelector:
         prompt_tokens: int = 0,
         max_tokens: int = 0,
         exclude: Collection[str] = (),
+        capability: str | None = None,
     ) -> NodeRecord | None:
         """The best eligible node, or None."""
         ranked = self.rank(
@@ -117,6 +126,7 @@ class NodeSelector:
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
             exclude=exclude,
+            capability=capability,
         )
         return ranked[0] if ranked else None
 
@@ -278,6 +288,15 @@ class NodeSelector:
     def rtt(self, node_id: str) -> float | None:
         """The smoothed round-trip time to a node, None if never measured."""
         return self._rtt.get(node_id)
+
+
+def offers(record: NodeRecord, model: str | None, capability: str | None) -> bool:
+    """Whether the record advertises `capability` for `model` (any of its models for None)."""
+    if capability is None:
+        return True
+    return any(
+        capability in info.capabilities for info in record.models if model in (None, info.id)
+    )
 
 
 def _unique(records: Iterable[NodeRecord]) -> list[NodeRecord]:

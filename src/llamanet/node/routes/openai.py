@@ -53,16 +53,31 @@ async def list_models(request: Request, local: bool = False) -> ModelList:
     if local or node.gateway is None:
         return ModelList(
             data=[
-                ModelCard(id=m.id, created=int(node.started_at), n_ctx=m.n_ctx)
+                ModelCard(
+                    id=m.id,
+                    created=int(node.started_at),
+                    n_ctx=m.n_ctx,
+                    capabilities=m.capabilities,
+                )
                 for m in node.models()
             ]
         )
     swarm = node.gateway.swarm_models()
+    served: dict[str, set[str]] = {}  # model id -> what at least one node serves of it
     for m in node.models():  # this node even before its first lookup finished
         swarm.setdefault(m.id, (1, m.n_ctx))
+        served.setdefault(m.id, set()).update(m.capabilities)
+    for record in node.gateway.records:
+        for m in record.models:
+            served.setdefault(m.id, set()).update(m.capabilities)
     return ModelList(
         data=[
-            ModelCard(id=model_id, nodes=count, n_ctx=n_ctx)
+            ModelCard(
+                id=model_id,
+                nodes=count,
+                n_ctx=n_ctx,
+                capabilities=sorted(served.get(model_id, ())),
+            )
             for model_id, (count, n_ctx) in sorted(swarm.items())
         ]
     )
