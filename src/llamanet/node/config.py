@@ -29,6 +29,8 @@ class NodeSettings(BaseSettings):
     n_ctx: int = 2048
     n_threads: int | None = None
     n_batch: int = 512
+    parallel: int | None = None  # slots; None: 2 per core, at most 8
+    n_gpu_layers: int | None = None  # None: every layer when llama.cpp has a GPU backend, else 0
     queue_size: int = 8
     max_body_size: int = 1 << 20
     request_timeout: float = 600.0
