@@ -59,6 +59,8 @@ class FakeEngine:
     model_id: str = "fake-model"
     n_ctx: int = 1024
     queue_size: int = 2
+    parallel: int = 1
+    n_gpu_layers: int = 0
     finish_reason: str = "stop"
     delay: float = 0.0
     fail_after: int | None = None
@@ -76,7 +78,7 @@ class FakeEngine:
 
     @property
     def capacity(self) -> int:
-        return 1 + self.queue_size
+        return self.parallel + self.queue_size
 
     @property
     def utilization(self) -> float:

@@ -1358,6 +1358,14 @@ class NodeStatus(BaseModel):
     requests_rejected: int
     requests_forwarded: int = 0
     tokens_generated: int
+    slots: int = 0  # sequences the engine batches together (--parallel)
+    slots_busy: int = 0
+    aggregate_tokens_per_second: float = 0.0  # every stream together, while generating
+    prompt_tokens_evaluated: int = 0
+    prompt_tokens_reused: int = 0  # prompt tokens whose KV was already there (prefix reuse)
+    prefix_cache_hits: int = 0
+    decode_steps: int = 0
+    batch_tokens: int = 0  # tokens in the last llama_decode batch
 
 
 class NodeInfo(BaseModel):
@@ -1367,6 +1375,9 @@ class NodeInfo(BaseModel):
     models: list[ModelInfo]
     model_path: str | None = None
     n_threads: int | None = None
+    parallel: int | None = None
+    n_gpu_layers: int = 0  # layers offloaded to a GPU (-1: all); 0 on a CPU-only build
+    gpu_offload_supported: bool = False
     started_at: float
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -1386,6 +1397,7 @@ class NodeRecord(BaseModel):
     active: int = 0
     queued: int = 0
     capacity: int = 1
+    slots: int = 0  # batched sequences: a node with active < slots starts a request at once
     tokens_per_second: float = 0.0
     ttft_ms: float = 0.0
     version: str

@@ -164,7 +164,27 @@ def node(
         str | None, _option("URL peers should use to reach this node.", "public_url")
     ] = None,
     n_ctx: Annotated[
-        int | None, _option("Context length in tokens (default 2048).", "n_ctx")
+        int | None,
+        _option(
+            "Context length per slot in tokens (default 2048); the KV cache holds parallel x "
+            "n_ctx tokens.",
+            "n_ctx",
+        ),
+    ] = None,
+    parallel: Annotated[
+        int | None,
+        _option(
+            "Requests generated together in one batch (slots; default 2 per core, at most 8).",
+            "parallel",
+        ),
+    ] = None,
+    n_gpu_layers: Annotated[
+        int | None,
+        _option(
+            "Layers offloaded to the GPU (-1 all; default all when llama-cpp-python was built "
+            "with a GPU backend, else 0).",
+            "n_gpu_layers",
+        ),
     ] = None,
     n_threads: Annotated[
         int | None, _option("CPU threads for generation (default: all).", "n_threads")
@@ -172,7 +192,7 @@ def node(
     queue_size: Annotated[
         int | None,
         _option(
-            "Requests that may wait behind the running one (default 8); beyond it: 503.",
+            "Requests that may wait for a free slot (default 8); beyond it: 503 or a peer.",
             "queue_size",
         ),
     ] = None,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from llamanet._version import __version__
 from llamanet.node.config import NodeSettings
 from llamanet.node.embeddings import EmbeddingService
-from llamanet.node.engine import LlamaEngine
+from llamanet.node.engine import LlamaEngine, default_gpu_layers
 from llamanet.node.engine_api import Engine
 from llamanet.node.gateway import Gateway
 from llamanet.node.metrics import Metrics
@@ -102,14 +102,16 @@ class LlamaNetNode:
         try:
             path = await asyncio.to_thread(resolve_model, s.model, s.models_dir)
             model_id = s.model_id or model_id_for(path)
-            log.info("loading model %s from %s (n_ctx=%d)", model_id, path, s.n_ctx)
+            log.info("loading model %s from %s (n_ctx=%d per slot)", model_id, path, s.n_ctx)
             self.engine = await LlamaEngine.load(
                 path,
                 model_id=model_id,
                 n_ctx=s.n_ctx,
                 n_threads=s.n_threads or os.cpu_count(),
                 n_batch=s.n_batch,
+                parallel=s.parallel,
                 queue_size=s.queue_size,
+                n_gpu_layers=s.n_gpu_layers,
             )
             if s.embeddings and self.embeddings is None:
                 self.embeddings = EmbeddingService(
@@ -213,6 +215,7 @@ class LlamaNetNode:
             "active": stats.active if stats else 0,
             "queued": stats.queued if stats else 0,
             "capacity": e.capacity if e else 0,
+            "slots": e.parallel if e else 0,
             "tokens_per_second": round(stats.tokens_per_second, 2) if stats else 0.0,
             "ttft_ms": round(stats.ttft_ms, 2) if stats else 0.0,
             "version": __version__,
@@ -249,6 +252,14 @@ class LlamaNetNode:
             requests_rejected=s.requests_rejected if s else 0,
             requests_forwarded=self._requests_forwarded,
             tokens_generated=s.tokens_generated if s else 0,
+            slots=e.parallel if e else 0,
+            slots_busy=s.active if s else 0,
+            aggregate_tokens_per_second=round(s.aggregate_tokens_per_second, 2) if s else 0.0,
+            prompt_tokens_evaluated=s.prompt_tokens_evaluated if s else 0,
+            prompt_tokens_reused=s.prompt_tokens_reused if s else 0,
+            prefix_cache_hits=s.prefix_cache_hits if s else 0,
+            decode_steps=s.decode_steps if s else 0,
+            batch_tokens=s.batch_tokens if s else 0,
         )
 
     def info(self) -> NodeInfo:
@@ -265,6 +276,9 @@ class LlamaNetNode:
             models=self.models(),
             model_path=str(e.model_path) if e else None,
             n_threads=self.settings.n_threads,
+            parallel=e.parallel if e else None,
+            n_gpu_layers=e.n_gpu_layers if e else 0,
+            gpu_offload_supported=default_gpu_layers() != 0,
             started_at=self.started_at,
             metadata=meta,
         )
