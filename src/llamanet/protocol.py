@@ -18,11 +18,13 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     Tag,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -635,12 +637,22 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
-class ToolCallDeltaFunction(BaseModel):
+class _Sparse(BaseModel):
+    """Serialised without its null fields, as OpenAI sends deltas: a stream accumulator (the
+    SDK's included) merges each delta into what it has, so an explicit `"type": null` in a later
+    piece would erase the `"function"` of the first."""
+
+    @model_serializer(mode="wrap")
+    def _drop_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class ToolCallDeltaFunction(_Sparse):
     name: str | None = None
     arguments: str | None = None
 
 
-class ToolCallDelta(BaseModel):
+class ToolCallDelta(_Sparse):
     """A piece of a streamed tool call: the first carries id, type and name; later ones carry
     fragments of the arguments, to be concatenated per `index`."""
 
@@ -650,7 +662,7 @@ class ToolCallDelta(BaseModel):
     function: ToolCallDeltaFunction | None = None
 
 
-class ChatDelta(BaseModel):
+class ChatDelta(_Sparse):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
