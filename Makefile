@@ -1,13 +1,22 @@
 # LlamaNet: `make demo` runs a local swarm on the default model, `make test` runs every test.
 # Both create and fill .venv on first use (llama-cpp-python builds from source there: ~7-10 min
 # once; pip caches the wheel afterwards) and are idempotent.
+# Also: `make lint` (ruff, format, mypy, import contract), `make typecheck` (mypy alone),
+# `make test-fast` (the tests that need neither the model nor node processes).
+# From a git worktree sharing another checkout's venv: `make lint VENV=/path/.venv STAMP=`
+# (an empty STAMP never reinstalls that venv).
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+LINTED := src tests bench examples
 
-.PHONY: demo test lint bench bench-node bench-dht bench-gateway bench-load fuzz install clean
+# the checkers and tests read this tree's sources, wherever the venv's editable install points
+export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
+
+.PHONY: demo test test-fast lint typecheck contracts bench bench-node bench-dht bench-gateway bench-load fuzz install clean
 
 install: $(STAMP)
 
@@ -22,12 +31,23 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@scripts/ensure-chromium
-	$(PY) -m ruff check src tests bench examples
-	$(PY) -m pytest -p no:cacheprovider
+	$(MAKE) --no-print-directory lint
+	$(PYTEST)
+
+test-fast: $(STAMP)
+	$(PYTEST) -m "not model"
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests bench examples
-	$(PY) -m ruff format --check src tests bench examples
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+	$(MAKE) --no-print-directory typecheck contracts
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+# the layering cli -> client | node -> swarm -> protocol ([tool.importlinter] in pyproject.toml)
+contracts: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 
 bench-node: $(STAMP)
 	$(PY) bench/node_bench.py
@@ -43,10 +63,10 @@ bench-load: $(STAMP)
 
 # a long schemathesis run over every endpoint (CI runs a bounded one inside `make test`)
 fuzz: $(STAMP)
-	LLAMANET_FUZZ_EXAMPLES=$${LLAMANET_FUZZ_EXAMPLES:-500} $(PY) -m pytest -p no:cacheprovider \
-		tests/test_fuzz_schemathesis.py -q
+	LLAMANET_FUZZ_EXAMPLES=$${LLAMANET_FUZZ_EXAMPLES:-500} $(PYTEST) tests/test_fuzz_schemathesis.py -q
 
 bench: bench-node bench-dht bench-gateway bench-load
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache .mypy_cache \
+		.import_linter_cache

@@ -12,28 +12,15 @@ from typing import Any
 import pytest
 from kademlia.node import Node
 
-from llamanet.protocol import ModelInfo, NodeRecord
+from llamanet.protocol import NodeRecord
 from llamanet.swarm.dht import DHTNode, Presence, RecordStorage
 from llamanet.swarm.dht.keys import all_nodes_keys, digest, keys_for, model_key
 from llamanet.swarm.identity import NodeIdentity
-from llamanet.swarm.records import canonical_bytes, encode_record, make_tombstone, sign_record
+from llamanet.swarm.records import canonical_bytes, encode_record, make_tombstone
 
-MODEL = "tinyllama-1.1b-chat"
+from factories import MODEL, make_record, record_fields
+
 RPC_TIMEOUT = 0.5  # dead peers in these tests cost at most this
-
-
-def _record(
-    identity: NodeIdentity, *, models: tuple[str, ...] = (MODEL,), **extra: Any
-) -> NodeRecord:
-    fields: dict[str, Any] = {
-        "url": f"http://127.0.0.1:{8000 + int(identity.node_id[:3], 16) % 1000}",
-        "models": [ModelInfo(id=m, n_ctx=2048) for m in models],
-        "version": "0.1.0",
-        "started_at": time.time(),
-        "ttl": 30.0,
-    }
-    fields.update(extra)
-    return sign_record(identity, **fields)
 
 
 @contextlib.asynccontextmanager
@@ -81,7 +68,7 @@ def _ids(records: list[NodeRecord]) -> set[str]:
 def _forge_variants(victim: NodeIdentity) -> dict[str, bytes]:
     """One wire record per kind of invalidity, each aimed at the `MODEL` key."""
     forger = NodeIdentity.generate()
-    good = _record(victim)
+    good = make_record(victim)
     unsigned = good.model_copy(update={"signature": ""})
     other_key = good.model_copy(
         update={"load": 0.9, "signature": forger.sign(canonical_bytes(good)).hex()}
@@ -93,8 +80,8 @@ def _forge_variants(victim: NodeIdentity) -> dict[str, bytes]:
     mismatch = mismatch.model_copy(
         update={"signature": forger.sign(canonical_bytes(mismatch)).hex()}
     )
-    expired = _record(victim, issued_at=time.time() - 1000, ttl=30.0)
-    oversized = _record(victim, url="http://x/" + "a" * 1200)
+    expired = make_record(victim, issued_at=time.time() - 1000, ttl=30.0)
+    oversized = make_record(victim, url="http://x/" + "a" * 1200)
     return {
         "unsigned": encode_record(unsigned),
         "bad_signature": encode_record(other_key),
@@ -113,10 +100,10 @@ def test_storage_merges_writers_and_keeps_newest_seq() -> None:
     key = digest(model_key(MODEL))
     identities = [NodeIdentity.generate() for _ in range(5)]
     for identity in identities:
-        assert storage.put(key, encode_record(_record(identity, seq=10)), 30.0)
+        assert storage.put(key, encode_record(make_record(identity, seq=10)), 30.0)
     assert _ids(storage.records(key)) == {i.node_id for i in identities}
-    assert storage.put(key, encode_record(_record(identities[0], seq=11, load=0.5)), 30.0)
-    assert not storage.put(key, encode_record(_record(identities[0], seq=9)), 30.0)
+    assert storage.put(key, encode_record(make_record(identities[0], seq=11, load=0.5)), 30.0)
+    assert not storage.put(key, encode_record(make_record(identities[0], seq=9)), 30.0)
     assert storage.rejected["stale_seq"] == 1
     newest = {r.node_id: r for r in storage.records(key)}[identities[0].node_id]
     assert (newest.seq, newest.load) == (11, 0.5)
@@ -129,9 +116,7 @@ def test_storage_rejects_and_counts_every_invalid_kind() -> None:
         assert not storage.put(key, wire, 30.0), reason
         assert storage.rejected[reason] == 1, reason
     # a record can only occupy keys its own content names
-    assert not storage.put(
-        digest(model_key("other-model")), encode_record(_record(NodeIdentity.generate())), 30.0
-    )
+    assert not storage.put(digest(model_key("other-model")), encode_record(make_record()), 30.0)
     assert storage.rejected["wrong_key"] == 1
     assert storage.records(key) == []
     assert len(storage) == 0
@@ -141,7 +126,7 @@ def test_storage_tombstones_are_kept_but_never_returned() -> None:
     storage = RecordStorage()
     key = digest(model_key(MODEL))
     identity = NodeIdentity.generate()
-    record = _record(identity)
+    record = make_record(identity)
     storage.put(key, encode_record(record), 30.0)
     tombstone = make_tombstone(identity, record)
     assert storage.put(key, encode_record(tombstone), 30.0)
@@ -154,7 +139,7 @@ def test_storage_tombstones_are_kept_but_never_returned() -> None:
 def test_storage_expires_entries_by_remaining_ttl() -> None:
     storage = RecordStorage()
     key = digest(model_key(MODEL))
-    record = _record(NodeIdentity.generate(), ttl=30.0)
+    record = make_record(ttl=30.0)
     assert storage.put(key, encode_record(record), 0.05)  # the sender says: 50 ms left
     assert len(storage.records(key)) == 1
     time.sleep(0.1)
@@ -167,21 +152,18 @@ def test_storage_bounds_one_flooder() -> None:
     storage = RecordStorage(max_per_source=5, max_per_key=8)
     key = digest(model_key(MODEL))
     accepted = sum(
-        storage.put(key, encode_record(_record(NodeIdentity.generate())), 30.0, source="1.2.3.4:5")
-        for _ in range(10)
+        storage.put(key, encode_record(make_record()), 30.0, source="1.2.3.4:5") for _ in range(10)
     )
     assert accepted == 5
     assert storage.rejected["over_limit"] == 5
     others = sum(
-        storage.put(
-            key, encode_record(_record(NodeIdentity.generate())), 30.0, source=f"10.0.0.{i}:1"
-        )
+        storage.put(key, encode_record(make_record()), 30.0, source=f"10.0.0.{i}:1")
         for i in range(5)
     )
     assert others == 3  # the per-key cap holds too
     assert len(storage.records(key)) == 8
     small = RecordStorage(max_entries=3)  # and so does the cap on all entries
-    wires = [encode_record(_record(NodeIdentity.generate())) for _ in range(5)]
+    wires = [encode_record(make_record()) for _ in range(5)]
     assert (
         sum(small.put(key, wire, 30.0, source=f"10.0.1.{i}:1") for i, wire in enumerate(wires)) == 3
     )
@@ -210,7 +192,7 @@ async def test_multi_writer_every_reader_sees_all_ten() -> None:
         records = {}
         for node in nodes:
             assert node.identity is not None
-            records[node.node_id] = _record(node.identity)
+            records[node.node_id] = make_record(node.identity)
             await node.publish(records[node.node_id])
         expected = set(records)
         for node in nodes:
@@ -239,9 +221,9 @@ async def test_newest_seq_wins_and_old_seq_is_refused() -> None:
     async with swarm(6) as nodes:
         writer = nodes[1]
         assert writer.identity is not None
-        await writer.publish(_record(writer.identity, seq=100, load=0.1))
-        await writer.publish(_record(writer.identity, seq=101, load=0.7))
-        await writer.publish(_record(writer.identity, seq=99, load=0.3))  # replayed old record
+        await writer.publish(make_record(writer.identity, seq=100, load=0.1))
+        await writer.publish(make_record(writer.identity, seq=101, load=0.7))
+        await writer.publish(make_record(writer.identity, seq=99, load=0.3))  # replayed old record
         for node in nodes:
             (found,) = await node.find_nodes(MODEL)
             assert (found.seq, found.load) == (101, 0.7)
@@ -252,7 +234,7 @@ async def test_invalid_records_are_refused_by_peers_and_never_returned() -> None
     async with swarm(6) as nodes:
         honest = nodes[2]
         assert honest.identity is not None
-        await honest.publish(_record(honest.identity))
+        await honest.publish(make_record(honest.identity))
         key = digest(model_key(MODEL))
         variants = _forge_variants(NodeIdentity.generate())
         async with light_client(nodes[0]) as attacker:
@@ -273,20 +255,20 @@ async def test_a_lying_peer_cannot_slip_invalid_records_into_lookups() -> None:
     async with swarm(6) as nodes:
         honest = nodes[1]
         assert honest.identity is not None
-        await honest.publish(_record(honest.identity))
+        await honest.publish(make_record(honest.identity))
         key = digest(model_key(MODEL))
         liar = nodes[3]
         variants = _forge_variants(NodeIdentity.generate())
         # the liar bypasses its own validation and serves forged entries as if stored
         from llamanet.swarm.dht.storage import Entry
 
-        good = _record(NodeIdentity.generate())
+        good = make_record()
         for index, wire in enumerate(variants.values()):
             liar.storage.data.setdefault(key, {})[f"forged{index}"] = Entry(
                 good, wire, time.monotonic() + 30, None, bytes(8)
             )
         # and a valid record served under keys it does not belong to
-        elsewhere = _record(NodeIdentity.generate(), models=("evil",))
+        elsewhere = make_record(models=("evil",))
         for key_name in set(all_nodes_keys()) - set(keys_for(elsewhere)):  # not its own shard
             liar.storage.data.setdefault(digest(key_name), {})["elsewhere"] = Entry(
                 elsewhere, encode_record(elsewhere), time.monotonic() + 30, None, bytes(8)
@@ -303,10 +285,10 @@ async def test_tombstone_removes_a_node_at_once() -> None:
     async with swarm(8) as nodes:
         for node in nodes:
             assert node.identity is not None
-            await node.publish(_record(node.identity))
+            await node.publish(make_record(node.identity))
         leaving = nodes[5]
         assert leaving.identity is not None
-        record = _record(leaving.identity)
+        record = make_record(leaving.identity)
         await leaving.publish(record)
         assert leaving.node_id in _ids(await nodes[0].find_nodes(MODEL))
         await leaving.withdraw(make_tombstone(leaving.identity, record))
@@ -321,9 +303,9 @@ async def test_dropping_a_model_leaves_its_key_at_once() -> None:
     async with swarm(5) as nodes:
         node = nodes[2]
         assert node.identity is not None
-        await node.publish(_record(node.identity, models=(MODEL, "other")))
+        await node.publish(make_record(node.identity, models=(MODEL, "other")))
         assert _ids(await nodes[0].find_nodes("other")) == {node.node_id}
-        await node.publish(_record(node.identity, models=(MODEL,)))
+        await node.publish(make_record(node.identity, models=(MODEL,)))
         assert await nodes[0].find_nodes("other") == []
         assert _ids(await nodes[0].find_nodes(MODEL)) == {node.node_id}
 
@@ -332,8 +314,8 @@ async def test_entry_disappears_after_its_ttl_when_not_refreshed() -> None:
     async with swarm(6) as nodes:
         short, steady = nodes[1], nodes[2]
         assert short.identity is not None and steady.identity is not None
-        await short.publish(_record(short.identity, ttl=1.0))
-        await steady.publish(_record(steady.identity, ttl=60.0))
+        await short.publish(make_record(short.identity, ttl=1.0))
+        await steady.publish(make_record(steady.identity, ttl=60.0))
         assert _ids(await nodes[4].find_nodes(MODEL)) == {short.node_id, steady.node_id}
 
         async def gone() -> bool:
@@ -351,7 +333,7 @@ async def test_lookups_stay_complete_with_peers_stopped_and_skip_them_afterwards
     async with swarm(16) as nodes:
         for node in nodes:
             assert node.identity is not None
-            await node.publish(_record(node.identity))
+            await node.publish(make_record(node.identity))
         stopped, alive = nodes[10:14], nodes[:10] + nodes[14:]
         for node in stopped:
             await node.stop()  # abruptly: no tombstone
@@ -375,7 +357,7 @@ async def test_lookups_stay_complete_with_peers_stopped_and_skip_them_afterwards
         # and a publish still reaches enough replicas for every reader
         for node in alive:
             assert node.identity is not None
-            await node.publish(_record(node.identity))
+            await node.publish(make_record(node.identity))
         for node in alive:
             assert _ids(await node.find_nodes(MODEL)) >= live_ids
 
@@ -394,7 +376,7 @@ async def test_lookup_and_bootstrap_survive_unreachable_and_garbage() -> None:
                 assert await lone.bootstrap([("no-such-host.invalid", 1)]) == 0
                 assert await lone.find_nodes(MODEL) == []
                 assert lone.identity is not None
-                await lone.publish(_record(lone.identity))  # alone: held locally only
+                await lone.publish(make_record(lone.identity))  # alone: held locally only
                 assert _ids(await lone.find_nodes(MODEL)) == {lone.node_id}
             finally:
                 await lone.stop()
@@ -406,7 +388,7 @@ async def test_lookup_and_bootstrap_survive_unreachable_and_garbage() -> None:
             ):
                 dead.sendto(payload, ("127.0.0.1", nodes[0].port))
             assert nodes[1].identity is not None
-            await nodes[1].publish(_record(nodes[1].identity))
+            await nodes[1].publish(make_record(nodes[1].identity))
             assert _ids(await nodes[2].find_nodes(MODEL)) == {nodes[1].node_id}
         finally:
             dead.close()
@@ -416,7 +398,7 @@ async def test_a_late_joiner_is_handed_the_records_it_should_hold() -> None:
     async with swarm(5) as nodes:
         for node in nodes:
             assert node.identity is not None
-            await node.publish(_record(node.identity))
+            await node.publish(make_record(node.identity))
         late = DHTNode(NodeIdentity.generate(), rpc_timeout=RPC_TIMEOUT)
         await late.start()
         try:
@@ -435,19 +417,12 @@ async def test_a_late_joiner_is_handed_the_records_it_should_hold() -> None:
 
 
 def _describe(port: int) -> Callable[[], dict[str, Any]]:
+    """What a node at `port` says about itself each heartbeat (Presence signs it)."""
+
     def describe() -> dict[str, Any]:
-        return {
-            "url": f"http://127.0.0.1:{port}",
-            "models": [ModelInfo(id=MODEL, n_ctx=2048)],
-            "load": 0.0,
-            "active": 0,
-            "queued": 0,
-            "capacity": 2,
-            "tokens_per_second": 10.0,
-            "ttft_ms": 50.0,
-            "version": "0.1.0",
-            "started_at": time.time(),
-        }
+        return record_fields(
+            url=f"http://127.0.0.1:{port}", capacity=2, tokens_per_second=10.0, ttft_ms=50.0
+        )
 
     return describe
 
@@ -552,7 +527,7 @@ async def test_library_defects_are_designed_around() -> None:
     async with swarm(3) as nodes:
         node = nodes[0]
         assert node.identity is not None
-        record = _record(node.identity)
+        record = make_record(node.identity)
         await node.publish(record)
         server = node._server
         lone = DHTNode(NodeIdentity.generate(), rpc_timeout=RPC_TIMEOUT)

@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import httpx
@@ -23,13 +24,15 @@ import pytest
 from kademlia.node import Node
 
 from llamanet import LlamaNetClient
-from llamanet.cli.launcher import wait_for_swarm
-from llamanet.protocol import ModelInfo, NodeRecord
+from llamanet.cli.launcher import NodeProcess, wait_for_swarm
+from llamanet.protocol import NodeRecord
 from llamanet.swarm.dht import DHTNode
 from llamanet.swarm.dht.keys import all_nodes_keys, digest, keys_for, model_key
 from llamanet.swarm.dht.storage import Entry, RecordStorage
 from llamanet.swarm.identity import NodeIdentity
-from llamanet.swarm.records import MAX_RECORD_BYTES, canonical_bytes, encode_record, sign_record
+from llamanet.swarm.records import MAX_RECORD_BYTES, canonical_bytes, encode_record
+
+from factories import StartNode, make_record
 
 # the attacker's UDP endpoint lives on the loop its fixture ran on: the tests must share it
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="session")]
@@ -52,7 +55,7 @@ REASONS = (
 
 
 @pytest.fixture(scope="module")
-def swarm(start_node: Any) -> list[Any]:
+def swarm(start_node: StartNode) -> list[NodeProcess]:
     a = start_node("--model-id", MODEL)
     b = start_node("--model-id", MODEL, "--bootstrap", a.bootstrap)
     wait_for_swarm([a, b])
@@ -60,7 +63,7 @@ def swarm(start_node: Any) -> list[Any]:
 
 
 @pytest.fixture
-async def attacker(swarm: list[Any]) -> AsyncIterator[DHTNode]:
+async def attacker(swarm: list[NodeProcess]) -> AsyncIterator[DHTNode]:
     """A full DHT peer (it enters the nodes' routing tables) with an identity of its own,
     running on the test's own event loop."""
     peer = DHTNode(NodeIdentity.generate(), rpc_timeout=1.0)
@@ -72,26 +75,27 @@ async def attacker(swarm: list[Any]) -> AsyncIterator[DHTNode]:
         await peer.stop()
 
 
-async def get(node: Any, path: str, **params: str) -> Any:
+async def get(node: NodeProcess, path: str, **params: str) -> Any:
     async with httpx.AsyncClient(timeout=30) as http:
         res = await http.get(node.url + path, params=params)
         assert res.status_code == 200, res.text
         return res.json()
 
 
-async def node_id(node: Any) -> str:
-    return (await get(node, "/info"))["node_id"]
+async def node_id(node: NodeProcess) -> str:
+    value: str = (await get(node, "/info"))["node_id"]
+    return value
 
 
-async def invalid_counts(node: Any) -> Counter[str]:
+async def invalid_counts(node: NodeProcess) -> Counter[str]:
     return Counter((await get(node, "/dht/status"))["invalid_records"])
 
 
-def dht_contact(node: Any, node_id_hex: str) -> Node:
+def dht_contact(node: NodeProcess, node_id_hex: str) -> Node:
     return Node(bytes.fromhex(node_id_hex), "127.0.0.1", node.dht_port)
 
 
-async def record_of(observer: Any, wanted: str) -> NodeRecord:
+async def record_of(observer: NodeProcess, wanted: str) -> NodeRecord:
     """`wanted`'s record as `observer` found it in the DHT (not a node's fresh self-portrait)."""
     for raw in (await get(observer, "/nodes"))["nodes"]:
         if raw["node_id"] == wanted:
@@ -101,7 +105,7 @@ async def record_of(observer: Any, wanted: str) -> NodeRecord:
 
 async def push(
     attacker: DHTNode,
-    targets: list[tuple[Any, str]],
+    targets: list[tuple[NodeProcess, str]],
     wire: bytes,
     keys: list[str],
     ttl: float = 30.0,
@@ -121,7 +125,9 @@ async def push(
 # ------------------------------------------------------------------ "never reaches a router"
 
 
-async def assert_nothing_forged_visible(swarm: list[Any], gone: set[str] = frozenset()) -> None:
+async def assert_nothing_forged_visible(
+    swarm: list[NodeProcess], gone: AbstractSet[str] = frozenset()
+) -> None:
     """Every node, every read path, and a DHT client: each honest node listed as it is (its own
     URL), no forged record (they all point at `FORGED`), no node that has left (`gone`), and no
     model but the real one. (Only genuine strangers may appear too: other test runs on this
@@ -166,20 +172,9 @@ def forge(victim: NodeRecord) -> dict[str, tuple[bytes, list[str]]]:
     mismatch = mismatch.model_copy(  # a valid signature, but the id is not the key's hash
         update={"signature": forger.sign(canonical_bytes(mismatch)).hex()}
     )
-    fields: dict[str, Any] = {
-        "url": FORGED,
-        "models": [ModelInfo(id=MODEL, n_ctx=2048)],
-        "version": "0.1.0",
-        "started_at": time.time(),
-        "ttl": 30.0,
-    }
-    expired = sign_record(forger, **{**fields, "issued_at": time.time() - 1000})
-    oversized = sign_record(
-        NodeIdentity.generate(), **{**fields, "url": FORGED + "/" + "a" * MAX_RECORD_BYTES}
-    )
-    elsewhere = sign_record(
-        NodeIdentity.generate(), **{**fields, "models": [ModelInfo(id="evil", n_ctx=2048)]}
-    )
+    expired = make_record(forger, url=FORGED, models=(MODEL,), issued_at=time.time() - 1000)
+    oversized = make_record(url=FORGED + "/" + "a" * MAX_RECORD_BYTES, models=(MODEL,))
+    elsewhere = make_record(url=FORGED, models=("evil",))
     victim_keys = keys_for(victim)
     out = {
         "unsigned": (encode_record(unsigned), victim_keys),
@@ -205,7 +200,7 @@ def forge(victim: NodeRecord) -> dict[str, tuple[bytes, list[str]]]:
 
 
 async def test_forged_records_pushed_to_every_node_are_refused(
-    swarm: list[Any], attacker: DHTNode
+    swarm: list[NodeProcess], attacker: DHTNode
 ) -> None:
     ids = [await node_id(n) for n in swarm]
     victim = await record_of(swarm[0], ids[1])
@@ -221,14 +216,7 @@ async def test_forged_records_pushed_to_every_node_are_refused(
         for reason in forged:
             assert moved[reason] >= 1, (node.url, reason, moved)
     # a valid record handed over with no life left is refused too
-    fresh = sign_record(
-        NodeIdentity.generate(),
-        url=FORGED,
-        version="0.1.0",
-        started_at=time.time(),
-        ttl=30.0,
-        models=[ModelInfo(id=MODEL, n_ctx=8)],
-    )
+    fresh = make_record(url=FORGED, models=(MODEL,), n_ctx=8)
     assert await push(attacker, targets, encode_record(fresh), keys_for(fresh), ttl=0.0) == 0
     for node, was in zip(swarm, middle, strict=True):
         assert (await invalid_counts(node) - was)["expired"] >= 1
@@ -236,7 +224,7 @@ async def test_forged_records_pushed_to_every_node_are_refused(
 
 
 async def test_a_lying_replica_cannot_slip_forged_records_into_lookups(
-    swarm: list[Any], attacker: DHTNode
+    swarm: list[NodeProcess], attacker: DHTNode
 ) -> None:
     """The attacker serves the forged records from its own storage (bypassing its validation)
     to every `get`: the nodes' lookups verify what they are handed and drop all of it."""
@@ -245,9 +233,7 @@ async def test_a_lying_replica_cannot_slip_forged_records_into_lookups(
     # (not "wrong_key": that record is valid and signed, so a lookup may use it whatever key it
     # came under: it could have been published under its own keys just as well)
     forged = {k: v for k, v in forge(victim).items() if k != "wrong_key"}
-    placeholder = sign_record(
-        NodeIdentity.generate(), url=FORGED, version="0.1.0", started_at=time.time(), ttl=30.0
-    )
+    placeholder = make_record(url=FORGED, models=())
     storage: RecordStorage = attacker.storage
     lookup_keys = [model_key(MODEL), *all_nodes_keys()]
     for index, (wire, _keys) in enumerate(forged.values()):
@@ -265,7 +251,7 @@ async def test_a_lying_replica_cannot_slip_forged_records_into_lookups(
 
 
 async def test_replayed_old_records_are_refused(
-    start_node: Any, swarm: list[Any], attacker: DHTNode
+    start_node: StartNode, swarm: list[NodeProcess], attacker: DHTNode
 ) -> None:
     """A node's genuine but older record, replayed: refused while a newer one (a later
     heartbeat, or the tombstone of a clean stop) is held; the node stays as it is, or gone."""
@@ -288,8 +274,8 @@ async def test_replayed_old_records_are_refused(
 
 
 async def join_and_leave(
-    start_node: Any,
-    swarm: list[Any],
+    start_node: StartNode,
+    swarm: list[NodeProcess],
     heartbeat: float,
 ) -> tuple[str, NodeRecord]:
     """A third node joins, is seen by every node, and stops cleanly (publishing a tombstone of
@@ -318,7 +304,9 @@ async def join_and_leave(
     return leaving_id, last
 
 
-async def test_a_flood_from_one_peer_is_bounded(swarm: list[Any], attacker: DHTNode) -> None:
+async def test_a_flood_from_one_peer_is_bounded(
+    swarm: list[NodeProcess], attacker: DHTNode
+) -> None:
     """Valid records of many made-up identities, all from one peer: each node takes at most
     its per-peer quota, counts the rest as `over_limit`, and keeps serving."""
     ids = [await node_id(n) for n in swarm]
@@ -326,16 +314,7 @@ async def test_a_flood_from_one_peer_is_bounded(swarm: list[Any], attacker: DHTN
     flood = quota + 150
     key = model_key("flood")
     wires = [
-        encode_record(
-            sign_record(
-                NodeIdentity.generate(),
-                url=f"{FORGED}/{i}",
-                version="0.1.0",
-                started_at=time.time(),
-                ttl=20.0,
-                models=[ModelInfo(id="flood", n_ctx=8)],
-            )
-        )
+        encode_record(make_record(url=f"{FORGED}/{i}", ttl=20.0, models=("flood",), n_ctx=8))
         for i in range(flood)
     ]
     for node, target_id in zip(swarm, ids, strict=True):
@@ -362,7 +341,7 @@ async def test_a_flood_from_one_peer_is_bounded(swarm: list[Any], attacker: DHTN
 
 
 async def test_a_replay_after_the_tombstone_expired_is_refused(
-    start_node: Any, swarm: list[Any], attacker: DHTNode
+    start_node: StartNode, swarm: list[NodeProcess], attacker: DHTNode
 ) -> None:
     ids = [await node_id(n) for n in swarm]
     targets = list(zip(swarm, ids, strict=True))

@@ -25,10 +25,12 @@ from llamanet.swarm.records import (
     verify_record,
 )
 
+from factories import record_fields
+
 
 def _fields(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "url": "http://127.0.0.1:8000",
+    """A fully described node (every field set, so round trips and size checks cover them)."""
+    full: dict[str, Any] = {
         "models": [ModelInfo(id="tinyllama-1.1b-chat", n_ctx=2048, quantization="Q4_K_M")],
         "load": 0.25,
         "active": 1,
@@ -38,10 +40,8 @@ def _fields(**overrides: Any) -> dict[str, Any]:
         "ttft_ms": 120.0,
         "version": "0.1.0",
         "started_at": time.time() - 60,
-        "ttl": 30.0,
     }
-    fields.update(overrides)
-    return fields
+    return record_fields(**{**full, **overrides})
 
 
 def _reason(obj: object, **kwargs: float) -> str:

@@ -370,4 +370,4 @@ def main() -> None:  # pragma: no cover - `python -m llamanet`
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

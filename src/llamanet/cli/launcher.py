@@ -47,7 +47,8 @@ class NodeProcess:
         return httpx.get(self.url + path, timeout=10, **kw)
 
     def status(self) -> dict[str, Any]:
-        return self.get("/status").json()
+        status: dict[str, Any] = self.get("/status").json()
+        return status
 
     def alive(self) -> bool:
         return self.proc.poll() is None

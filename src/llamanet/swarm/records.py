@@ -124,7 +124,8 @@ def encode_record(record: NodeRecord) -> bytes:
         elif name == "models":
             value = [[m["id"], m["n_ctx"], m.get("quantization")] for m in value]
         wire[_WIRE_KEYS.get(name, name)] = value
-    return msgpack.packb(wire, use_bin_type=True)
+    packed: bytes = msgpack.packb(wire, use_bin_type=True)
+    return packed
 
 
 def decode_record(data: bytes) -> NodeRecord:

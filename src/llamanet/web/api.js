@@ -1,5 +1,5 @@
-// Talking to the node: fetch with the API key, OpenAI-shaped errors in plain words, and a
-// Server-Sent Events reader over fetch (EventSource cannot POST).
+// Talking to the node: fetch with the API key, and OpenAI-shaped errors in plain words.
+// (Reading streamed answers is stream.js.)
 
 const KEY_STORAGE = "llamanet.apiKey";
 
@@ -149,55 +149,6 @@ export function describeError(status, error = {}, context = {}) {
   if (status === 400 || status === 422) return `The node refused the request: ${serverMessage || "invalid request"}`;
   if (serverMessage) return status ? `Error ${status}: ${serverMessage}` : serverMessage;
   return status ? `The node answered with error ${status}.` : NODE_GONE;
-}
-
-/**
- * Reads a `text/event-stream` body and yields the `data` of each event (string), in order.
- * Handles CRLF/LF, multi-line data, comments (keep-alives) and a final event without a blank line.
- */
-export async function* sseEvents(response, signal) {
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  let data = [];
-  let finished = false;
-  const onAbort = () => reader.cancel().catch(() => {});
-  signal?.addEventListener("abort", onAbort, { once: true });
-  try {
-    for (;;) {
-      let chunk;
-      try {
-        chunk = await reader.read();
-      } catch (err) {
-        if (signal?.aborted) throw new ApiError("Stopped.", { kind: "aborted" });
-        throw new ApiError(NODE_GONE, { kind: "network" });
-      }
-      if (signal?.aborted) throw new ApiError("Stopped.", { kind: "aborted" });
-      if (chunk.done) {
-        finished = true;
-        break;
-      }
-      buffer += decoder.decode(chunk.value, { stream: true });
-      let newline;
-      while ((newline = buffer.search(/\r\n|\r|\n/)) >= 0) {
-        if (newline === buffer.length - 1 && buffer.endsWith("\r")) break; // maybe half a CRLF
-        const line = buffer.slice(0, newline);
-        buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
-        if (line === "") {
-          if (data.length) yield data.join("\n");
-          data = [];
-        } else if (line.startsWith("data:")) {
-          data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
-        } // other fields (event:, id:, retry:) and comments are not used by LlamaNet
-      }
-    }
-    buffer += decoder.decode();
-    if (buffer.startsWith("data:")) data.push(buffer.slice(buffer.startsWith("data: ") ? 6 : 5));
-    if (data.length) yield data.join("\n");
-  } finally {
-    signal?.removeEventListener("abort", onAbort);
-    if (!finished) reader.cancel().catch(() => {}); // the consumer left early: close the stream
-  }
 }
 
 export async function getJson(path, options = {}) {

@@ -6,6 +6,7 @@ requests stay in flight; a request that outlives `straggler_timeout()` (about sr
 stops counting against `alpha` and no longer holds up the result; once replies stop bringing
 closer nodes, every remaining one of the k closest is asked at once (the stock "wide" round).
 `RecordCrawl` merges the entries of *every* peer among the k closest: newest seq per node id.
+(docs/dht.md, defects 1 and 7.)
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ class WindowedCrawl(SpiderCrawl):
 
     def _closest_id(self) -> bytes | None:
         for node in self.nearest:
-            return node.id
+            node_id: bytes = node.id
+            return node_id
         return None
 
     async def _crawl(self) -> None:

@@ -3,7 +3,8 @@
 Built on `kademlia.network.Server` (subclassed as `RecordServer`): C msgpack RPC with a short
 timeout (`rpc.py`), exact k-nearest routing (`routing.py`), merging lookups (`crawling.py`) and
 per-entry-expiring multi-writer storage (`storage.py`). The library's hourly republish is off:
-records are soft state that their writers refresh every heartbeat.
+records are soft state that their writers refresh every heartbeat. What each part fixes in the
+stock library: docs/dht.md.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ class DHTNode:
 
     @property
     def node_id(self) -> str:
-        return self._server.node.id.hex()
+        node_id: bytes = self._server.node.id
+        return node_id.hex()
 
     @property
     def address(self) -> Address:

@@ -121,7 +121,8 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
 
     def rpc_ping(self, sender: Address, nodeid: object) -> bytes:
         self._sender(sender, nodeid)
-        return self.source_node.id
+        own_id: bytes = self.source_node.id
+        return own_id
 
     def rpc_find_node(self, sender: Address, nodeid: object, key: object) -> list[list[Any]] | None:
         self._sender(sender, nodeid)

@@ -1,7 +1,7 @@
 """Routing table with exact k-nearest selection.
 
 kademlia's `RoutingTable.find_neighbors` returns the first k nodes of a bucket walk, not the k
-nearest (DHT-NOTES.md, defect 4). Tables hold at most a few hundred contacts, so an exact
+nearest (docs/dht.md, defect 4). Tables hold at most a few hundred contacts, so an exact
 selection over all of them is cheap. Peers that timed out recently are never handed out.
 """
 

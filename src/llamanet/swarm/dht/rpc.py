@@ -1,7 +1,7 @@
 """rpcudp's datagram RPC with the C `msgpack` codec, a short timeout and fail-fast for dead peers.
 
 The framing is rpcudp's (`\\x00`/`\\x01` + 20-byte message id + msgpack payload), so the wire is
-unchanged; what differs (see DHT-NOTES.md):
+unchanged; what differs (see docs/dht.md, defects 7 and 9):
 - C `msgpack` instead of the pure-Python `umsgpack` that dominated CPU;
 - requests are dispatched synchronously to a fixed set of `rpc_*` handlers (no task per datagram,
   and no remote call of arbitrary `rpc_*` attributes);
@@ -43,6 +43,7 @@ class MsgpackRPCProtocol(RPCProtocol):
     """`RPCProtocol` packed with C msgpack; `RPC_NAMES` lists the callable `rpc_*` handlers."""
 
     RPC_NAMES: frozenset[str] = frozenset()
+    _wait_timeout: float  # set by RPCProtocol.__init__
 
     def __init__(self, wait_timeout: float = 1.5) -> None:
         super().__init__(wait_timeout=wait_timeout)

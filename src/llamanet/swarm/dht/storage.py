@@ -5,7 +5,7 @@ machine's monotonic clock, set from the *remaining* ttl a peer sent); tombstones
 (`withdrawn=True`) are kept until their ttl so they keep overriding older copies, but are never
 returned as live records. Nothing is republished: a record lives only as long as its writer keeps
 refreshing it. Limits per key, per sending peer, on the number of keys and on the number of
-entries bound what one flooder can make a node hold.
+entries bound what one flooder can make a node hold. (docs/dht.md, defects 1 and 3.)
 """
 
 from __future__ import annotations
