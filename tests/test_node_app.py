@@ -254,7 +254,12 @@ async def test_native_needs_prompt_xor_messages(http: httpx.AsyncClient) -> None
 async def test_info_health_dht_status(http: httpx.AsyncClient, engine: FakeEngine) -> None:
     info = (await http.get("/info")).json()
     assert info["models"] == [
-        {"id": engine.model_id, "n_ctx": engine.n_ctx, "quantization": "Q4_0"}
+        {
+            "id": engine.model_id,
+            "n_ctx": engine.n_ctx,
+            "quantization": "Q4_0",
+            "capabilities": ["chat", "completions", "tools", "json_schema", "logprobs"],
+        }
     ]
     assert info["model_path"] == str(engine.model_path)
     assert info["metadata"] == engine.metadata
@@ -318,7 +323,7 @@ async def test_context_overflow_is_400_before_any_stream(http: httpx.AsyncClient
     [
         ("GET", "/v1/nothing"),
         ("POST", "/v1/embeddings"),
-        ("POST", "/v1/responses"),
+        ("POST", "/v1/responses/x/cancel"),
         ("POST", "/nothing/at/all"),
         ("PUT", "/v1/embeddings"),
         ("DELETE", "/x"),
@@ -577,6 +582,8 @@ async def test_openapi_documents_every_route(http: httpx.AsyncClient) -> None:
         "/v1/chat/completions",
         "/v1/chat/completions/stream",
         "/v1/completions",
+        "/v1/responses",
+        "/v1/responses/{response_id}",
         "/generate",
         "/generate/stream",
         "/status",

@@ -386,6 +386,9 @@ _UNSUPPORTED = {  # known request fields this node cannot honour, and why
     "background": "background responses are not supported",
     "conversation": "conversations are not supported: send previous_response_id or the input",
     "prompt": "stored prompt templates are not supported",
+    "web_search_options": "web search is not supported: this node has no tools of its own",
+    "moderation": "moderation policies are not supported",
+    "suffix": "suffix (text insertion) is not supported",
 }
 
 
@@ -532,15 +535,12 @@ def check_tool_results(messages: list[ChatMessage]) -> None:
             )
 
 
-class ChatCompletionRequest(SamplingFields):
-    model: str | None = None
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: MaxTokens | None = None
+class ChoiceFields(SamplingFields):
+    """What shapes an answer beyond sampling: how many choices, structured output, tools,
+    logprobs and logit bias. Chat requests and the native `StreamingRequest` share them, so the
+    native API honours them exactly as chat does."""
+
     n: Annotated[int, Field(ge=1, le=MAX_N), Number] = 1
-    stream: StrictBool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None  # accepted and ignored
-    metadata: dict[str, str] | None = None  # accepted and ignored
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), Number] | None = None
     logit_bias: LogitBias = None
@@ -554,17 +554,6 @@ class ChatCompletionRequest(SamplingFields):
     ) = None
     tool_choice: ChatToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
-    # known fields this node cannot honour: a clear 400 rather than a silently different answer
-    functions: Unsupported = None
-    function_call: Unsupported = None
-    audio: Unsupported = None
-    modalities: Annotated[list[str] | None, BeforeValidator(_text_modality)] = None
-
-    @field_validator("messages")
-    @classmethod
-    def _tool_results_answer_calls(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        check_tool_results(messages)
-        return messages
 
     @field_validator("top_logprobs")
     @classmethod
@@ -590,15 +579,42 @@ class ChatCompletionRequest(SamplingFields):
         check_tool_choice(name, [tool.function.name for tool in info.data["tools"] or ()])
         return choice
 
-    def token_budget(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
-
     def tool_choice_mode(self) -> str:
         """'none', 'auto', 'required' or the forced function's name (OpenAI's defaults:
         'auto' with tools, 'none' without)."""
         if isinstance(self.tool_choice, NamedToolChoice):
             return self.tool_choice.function.name
         return self.tool_choice or ("auto" if self.tools else "none")
+
+    def logprobs_k(self) -> int | None:
+        """The engine's `SamplingParams.logprobs`: None when off, else the top-k asked for."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class ChatCompletionRequest(ChoiceFields):
+    model: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: MaxTokens | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None  # accepted and ignored
+    metadata: dict[str, str] | None = None  # accepted and ignored
+    # known fields this node cannot honour: a clear 400 rather than a silently different answer
+    functions: Unsupported = None
+    function_call: Unsupported = None
+    audio: Unsupported = None
+    web_search_options: Unsupported = None
+    moderation: Unsupported = None
+    modalities: Annotated[list[str] | None, BeforeValidator(_text_modality)] = None
+
+    @field_validator("messages")
+    @classmethod
+    def _tool_results_answer_calls(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        check_tool_results(messages)
+        return messages
+
+    def token_budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
 
 
 ChatFinishReason = Literal["stop", "length", "tool_calls"]
@@ -700,7 +716,7 @@ class CompletionRequest(SamplingFields):
     echo: StrictBool = False
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    suffix: None = None
+    suffix: Unsupported = None
     user: str | None = None
     logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS), Number] | None = None
     logit_bias: LogitBias = None
@@ -959,6 +975,16 @@ class ResponsesTextConfig(_Lenient):
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
+def _no_truncation(value: Any) -> Any:
+    if value == "auto":
+        raise PydanticCustomError(
+            "unsupported",
+            "truncation 'auto' is not supported: input longer than the model's context is a 400 "
+            "(truncation 'disabled')",
+        )
+    return value
+
+
 class ResponsesRequest(_Lenient):
     """`POST /v1/responses`."""
 
@@ -993,6 +1019,8 @@ class ResponsesRequest(_Lenient):
         | None
     ) = None
     parallel_tool_calls: StrictBool = True
+    max_tool_calls: Annotated[int, Field(ge=1), Number] | None = None  # calls beyond are dropped
+    truncation: Annotated[Literal["disabled"] | None, BeforeValidator(_no_truncation)] = None
     stream: StrictBool = False
     previous_response_id: str | None = None
     store: StrictBool = True
@@ -1248,6 +1276,7 @@ class ModelCard(BaseModel):
     owned_by: str = "llamanet"
     nodes: int = 1
     n_ctx: int | None = None
+    capabilities: list[str] | None = None
 
 
 class ModelList(BaseModel):
@@ -1266,8 +1295,10 @@ def _prompt_or_messages_rule(schema: dict[str, Any]) -> None:
     ]
 
 
-class StreamingRequest(SamplingFields):
-    """Native request for `/generate` and `/generate/stream`: a prompt or chat messages."""
+class StreamingRequest(ChoiceFields):
+    """Native request for `/generate` and `/generate/stream`: a prompt or chat messages, with
+    the chat request's answer-shaping fields (`n`, `response_format`, `tools`, `logprobs`, ...),
+    honoured the same way; tools need `messages`."""
 
     model_config = ConfigDict(extra="ignore", json_schema_extra=_prompt_or_messages_rule)
 
@@ -1279,36 +1310,68 @@ class StreamingRequest(SamplingFields):
     top_p: TopP = 0.9
     repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0), Number] = 1.1
 
+    @field_validator("messages")
+    @classmethod
+    def _tool_results_answer_calls(
+        cls, messages: list[ChatMessage] | None
+    ) -> list[ChatMessage] | None:
+        check_tool_results(messages or [])
+        return messages
+
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> StreamingRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.prompt is not None and self.tools:
+            raise PydanticCustomError("tools", "tools need 'messages', not a 'prompt'")
         return self
 
 
+class NativeChoice(BaseModel):
+    """One of the `n` answers of a native request (`GenerateResponse.choices`)."""
+
+    index: int
+    text: str
+    finish_reason: ChatFinishReason
+    tokens_generated: int
+    tool_calls: list[ToolCall] | None = None
+    logprobs: list[ChatTokenLogprob] | None = None
+
+
 class StreamingChunk(BaseModel):
-    """One event of `/generate/stream`."""
+    """One event of `/generate/stream`. With `n` > 1, `choice` says which answer it belongs to
+    (each answer ends with its own `finished` chunk); tool calls stream as `tool_calls` deltas
+    (as in OpenAI's chat chunks), logprobs per chunk when asked for."""
 
     text: str
     index: int
     finished: bool = False
-    finish_reason: FinishReason | None = None
+    finish_reason: ChatFinishReason | None = None
     node_id: str
     usage: Usage | None = None
     tokens_per_second: float | None = None
     ttft_ms: float | None = None
+    choice: int = 0
+    tool_calls: list[ToolCallDelta] | None = None
+    logprobs: list[ChatTokenLogprob] | None = None
 
 
 class GenerateResponse(BaseModel):
+    """`/generate`'s answer: the first (or only) answer at the top level, every answer in
+    `choices` when `n` > 1; `usage` counts the prompt once and every answer's tokens."""
+
     text: str
     tokens_generated: int
-    finish_reason: FinishReason
+    finish_reason: ChatFinishReason
     usage: Usage
     node_id: str
     model: str
     tokens_per_second: float
     ttft_ms: float
     generation_time: float
+    tool_calls: list[ToolCall] | None = None
+    logprobs: list[ChatTokenLogprob] | None = None
+    choices: list[NativeChoice] | None = None
 
 
 # --------------------------------------------------------------------------- node state
@@ -1318,6 +1381,7 @@ class ModelInfo(BaseModel):
     id: str
     n_ctx: int
     quantization: str | None = None
+    capabilities: list[str] = Field(default_factory=list)  # "chat", "tools", "json_schema", ...
 
 
 class NodeStatus(BaseModel):

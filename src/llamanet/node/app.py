@@ -18,12 +18,18 @@ from llamanet.node.access import AccessControl
 from llamanet.node.errors import install_error_handlers
 from llamanet.node.middleware import RequestGuard, RequestLog, WebUI
 from llamanet.node.node import LlamaNetNode
-from llamanet.node.routes import native, openai, swarm
+from llamanet.node.responses import ResponseStore
+from llamanet.node.routes import native, openai, responses, swarm
 
 __all__ = ["WEB_DIR", "create_app"]
 
 WEB_DIR = Path(__file__).parent.parent / "web"  # llamanet/web, the static UI
-_ROUTERS = (openai.router, native.router, swarm.router)  # no prefixes: their paths are the app's
+_ROUTERS = (
+    openai.router,
+    responses.router,
+    native.router,
+    swarm.router,
+)  # no prefixes: their paths are the app's
 
 
 def create_app(node: LlamaNetNode) -> FastAPI:
@@ -44,6 +50,7 @@ def create_app(node: LlamaNetNode) -> FastAPI:
         description="OpenAI-compatible and native inference API of one LlamaNet node.",
     )
     app.state.node = node
+    app.state.responses = ResponseStore()  # previous_response_id: this node's answers
     install_error_handlers(app)
     for router in _ROUTERS:
         app.include_router(router)

@@ -217,6 +217,7 @@ class LlamaEngine:
         self.model_id = model_id
         self.queue_size = queue_size
         self.n_ctx: int = llm.n_ctx()
+        self.n_vocab: int = llm.n_vocab()
         self.metadata: dict[str, str] = dict(llm.metadata)
         self.stats = EngineStats()
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -294,17 +295,17 @@ class LlamaEngine:
 
     # ------------------------------------------------------------------ preparing requests
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
         return self._chat_template(messages=messages).prompt
 
     def _tokenize_prompt(self, prompt: str) -> list[int]:
         return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
 
-    def _tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def _tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         return self._tokenize_prompt(self.render_chat(messages))
 
     async def tokenize(
-        self, *, prompt: str | None = None, messages: list[dict[str, str]] | None = None
+        self, *, prompt: str | None = None, messages: list[dict[str, Any]] | None = None
     ) -> list[int]:
         """Prompt tokens of a completion prompt or of chat messages (template from the GGUF)."""
         if messages is not None:

@@ -36,6 +36,10 @@ __all__ = ["LlamaNetNode", "parse_hostport"]
 log = logging.getLogger(__name__)
 announce = logging.getLogger("llamanet.ready")  # addresses: logged whatever the log level
 
+# What every model a node serves can do (in its record and `/v1/models`): a forwarded request
+# that needs one of them goes to a node that lists it.
+CAPABILITIES = ("chat", "completions", "tools", "json_schema", "logprobs")
+
 
 def parse_hostport(value: str, default_port: int = 8001) -> tuple[str, int]:
     host, sep, port = value.strip().rpartition(":")
@@ -161,7 +165,16 @@ class LlamaNetNode:
 
     def models(self) -> list[ModelInfo]:
         e = self.engine
-        return [ModelInfo(id=e.model_id, n_ctx=e.n_ctx, quantization=e.quantization)] if e else []
+        if e is None:
+            return []
+        return [
+            ModelInfo(
+                id=e.model_id,
+                n_ctx=e.n_ctx,
+                quantization=e.quantization,
+                capabilities=list(CAPABILITIES),
+            )
+        ]
 
     def _describe(self) -> dict[str, Any]:
         """The live, unsigned fields of this node's DHT record."""
