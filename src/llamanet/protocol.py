@@ -38,6 +38,29 @@ MAX_TOKENS_LIMIT = 1 << 20  # far beyond any context; a request above it is malf
 FinishReason = Literal["stop", "length"]
 
 
+# Validation errors of constraints that a JSON schema cannot state (between fields, between
+# messages, on the content of a schema) get their own error `code` instead of `invalid_value`,
+# so a client (and the fuzzing run, tests/test_fuzz_schemathesis.py) can tell them apart from a
+# body that breaks the published schema. Keys are this module's PydanticCustomError types.
+VALIDATION_CODES = {
+    "unknown_tool_call": "unknown_tool_call",
+    "tool_choice": "invalid_tool_choice",
+    "duplicate_tool": "duplicate_tool_name",
+    "invalid_schema": "invalid_schema",
+    "logprobs": "logprobs_required",
+    "tools": "tools_need_messages",
+    "unsupported": "unsupported_value",
+    "missing_schema": "missing_schema",
+    "input": "invalid_input",
+    "input_item": "invalid_input_item",
+}
+
+
+def validation_code(error_type: str | None) -> str:
+    """The error `code` of a validation error of this type (see `VALIDATION_CODES`)."""
+    return VALIDATION_CODES.get(error_type or "", "invalid_value")
+
+
 class _Lenient(BaseModel):
     """Requests ignore unknown fields (as vLLM and llama.cpp do) so newer SDKs keep working."""
 
@@ -376,7 +399,22 @@ def _logit_bias(value: Any) -> Any:
     return out
 
 
-LogitBias = Annotated[dict[str, float] | None, BeforeValidator(_logit_bias)]
+_LOGIT_BIAS_SCHEMA: dict[str, Any] = {  # what `_logit_bias` enforces, for the OpenAPI schema
+    "anyOf": [
+        {
+            "type": "object",
+            "propertyNames": {"pattern": "^[0-9]+$"},
+            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+            "maxProperties": MAX_LOGIT_BIAS,
+        },
+        {"type": "null"},
+    ],
+    "title": "Logit Bias",
+    "description": "Token id (a string of digits, within the model's vocabulary) -> bias.",
+}
+LogitBias = Annotated[
+    dict[str, float] | None, BeforeValidator(_logit_bias), WithJsonSchema(_LOGIT_BIAS_SCHEMA)
+]
 
 
 _UNSUPPORTED = {  # known request fields this node cannot honour, and why
@@ -405,7 +443,7 @@ Unsupported = Annotated[
 
 
 def _text_modality(value: Any) -> Any:
-    if value is None or value == ["text"]:
+    if value is None or (isinstance(value, list) and all(v == "text" for v in value)):
         return value
     raise PydanticCustomError(
         "text_only", "this model produces text only: 'modalities' may only be ['text']"
@@ -450,10 +488,26 @@ class TextContentPart(_Lenient):
 
 
 def _content_rule(schema: dict[str, Any]) -> None:
-    """`_content_required` in the JSON schema: only an assistant message may lack content."""
-    schema["anyOf"] = [
-        {"properties": {"role": {"const": "assistant"}}},
-        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+    """`_content_required` in the JSON schema: only an assistant message may lack content or
+    carry tool_calls; a tool message names the call it answers."""
+    assistant = {"properties": {"role": {"const": "assistant"}}}
+    schema["allOf"] = [
+        {
+            "anyOf": [
+                assistant,
+                {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+            ]
+        },
+        {"anyOf": [assistant, {"properties": {"tool_calls": {"type": "null"}}}]},
+        {
+            "anyOf": [
+                {"properties": {"role": {"not": {"const": "tool"}}}},
+                {
+                    "required": ["tool_call_id"],
+                    "properties": {"tool_call_id": {"type": "string", "minLength": 1}},
+                },
+            ]
+        },
     ]
 
 
@@ -473,6 +527,8 @@ def _text_parts(value: Any) -> Any:
     parts = []
     for part in value:
         kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            kind = None  # the model's validation says what is wrong with it
         if kind in _NON_TEXT_PARTS:
             raise _text_only()
         if kind == "refusal" and isinstance(part.get("refusal"), str):
@@ -605,7 +661,13 @@ class ChatCompletionRequest(ChoiceFields):
     audio: Unsupported = None
     web_search_options: Unsupported = None
     moderation: Unsupported = None
-    modalities: Annotated[list[str] | None, BeforeValidator(_text_modality)] = None
+    modalities: Annotated[
+        list[str] | None,
+        BeforeValidator(_text_modality),
+        WithJsonSchema(
+            {"anyOf": [{"type": "array", "items": {"const": "text"}}, {"type": "null"}]}
+        ),
+    ] = None
 
     @field_validator("messages")
     @classmethod
@@ -849,6 +911,8 @@ def _responses_parts(value: Any) -> Any:
     parts = []
     for part in value:
         kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            kind = None
         if kind in _NON_TEXT_PARTS:
             raise _text_only()
         if kind == "refusal" and isinstance(part.get("refusal"), str):
