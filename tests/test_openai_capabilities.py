@@ -38,16 +38,17 @@ WEATHER = {
         "parameters": WEATHER_SCHEMA,
     },
 }
+TIME_SCHEMA = {
+    "type": "object",
+    "properties": {"zone": {"type": "string", "maxLength": 20}},
+    "required": ["zone"],
+}
 TIME = {
     "type": "function",
     "function": {
         "name": "get_time",
         "description": "The time in a time zone",
-        "parameters": {
-            "type": "object",
-            "properties": {"zone": {"type": "string", "maxLength": 20}},
-            "required": ["zone"],
-        },
+        "parameters": TIME_SCHEMA,
     },
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris for the next 3 days?"}]
@@ -103,7 +104,7 @@ def check_call(call: Any, schema: dict[str, Any]) -> dict[str, Any]:
 def test_parse_returns_the_pydantic_object(sdk: openai.OpenAI) -> None:
     done = sdk.chat.completions.parse(
         model="smol",
-        messages=[{"role": "user", "content": "Describe Paris as JSON: name, country, population."}],
+        messages=[{"role": "user", "content": "Describe Paris: name, country, population."}],
         response_format=City,
         max_tokens=120,
         temperature=0,
@@ -153,9 +154,8 @@ def test_a_json_schema_stream_validates(sdk: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("choice", ["required", "named"])
 def test_a_forced_call_validates_against_its_schema(sdk: openai.OpenAI, choice: str) -> None:
-    tool_choice: Any = (
-        "required" if choice == "required" else {"type": "function", "function": {"name": "get_weather"}}
-    )
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    tool_choice: Any = "required" if choice == "required" else named
     done = sdk.chat.completions.create(
         model="smol",
         messages=ASK,
@@ -168,9 +168,9 @@ def test_a_forced_call_validates_against_its_schema(sdk: openai.OpenAI, choice: 
     assert choice0.finish_reason == "tool_calls" and choice0.message.content is None
     calls = choice0.message.tool_calls or []
     assert calls
+    schemas: dict[str, Any] = {"get_weather": WEATHER_SCHEMA, "get_time": TIME_SCHEMA}
     for call in calls:
-        schema = WEATHER_SCHEMA if call.function.name == "get_weather" else TIME["function"]["parameters"]  # type: ignore[union-attr, index]
-        check_call(call, schema)  # type: ignore[arg-type]
+        check_call(call, schemas[call.function.name])  # type: ignore[union-attr]
     if choice == "named":
         assert {c.function.name for c in calls} == {"get_weather"}  # type: ignore[union-attr]
 
@@ -223,7 +223,11 @@ def test_the_tool_round_trip(sdk: openai.OpenAI) -> None:
         {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C every day."},
     ]
     answer = sdk.chat.completions.create(
-        model="smol", messages=history, tools=[WEATHER], max_tokens=60, temperature=0  # type: ignore[list-item]
+        model="smol",
+        messages=history,
+        tools=[WEATHER],
+        max_tokens=60,
+        temperature=0,  # type: ignore[list-item]
     )
     choice = answer.choices[0]
     assert choice.finish_reason in ("stop", "length", "tool_calls")
