@@ -205,6 +205,68 @@ class _StopMatcher:
         return out
 
 
+class _Shaping:
+    """Interim, for this one-sequence engine until the batching engine's per-sequence sampler
+    replaces it: `SamplingParams.grammar`, `.logit_bias` and `.logprobs` through
+    `Llama.generate`'s grammar and logits processors (logprobs are read after the bias, before the
+    grammar and the sampler's own steps)."""
+
+    def __init__(self, llm: Any, params: SamplingParams) -> None:
+        self.llm = llm
+        self.params = params
+        self._logits: Any = None
+
+    def grammar(self) -> Any:
+        if self.params.grammar is None:
+            return None
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        return LlamaGrammar.from_string(self.params.grammar, verbose=False)
+
+    def processors(self) -> Any:
+        import numpy as np
+        from llama_cpp import LogitsProcessorList
+
+        processors: list[Any] = []
+        if self.params.logit_bias:
+            ids = np.array([t for t, _ in self.params.logit_bias], dtype=np.intp)
+            biases = np.array([b for _, b in self.params.logit_bias], dtype=np.single)
+
+            def bias(_: Any, scores: Any) -> Any:
+                scores[ids] += biases
+                return scores
+
+            processors.append(bias)
+        if self.params.logprobs is not None:
+
+            def observe(_: Any, scores: Any) -> Any:
+                self._logits = np.array(scores, dtype=np.float64)
+                return scores
+
+            processors.append(observe)
+        return LogitsProcessorList(processors) if processors else None
+
+    def _text(self, token: int) -> tuple[str, tuple[int, ...]]:
+        raw = self.llm.detokenize([token])
+        return raw.decode("utf-8", errors="replace"), tuple(raw)
+
+    def logprob(self, token: int) -> TokenLogprob:
+        import numpy as np
+
+        logits = self._logits
+        top = self.params.logprobs or 0
+        high = float(logits.max())
+        logsumexp = high + math.log(float(np.exp(logits - high).sum()))
+        best = np.argpartition(-logits, top)[:top] if top else np.array([], dtype=np.intp)
+        best = best[np.argsort(-logits[best])]
+        text, raw = self._text(token)
+        alternatives = []
+        for candidate in best:
+            alt_text, alt_raw = self._text(int(candidate))
+            alternatives.append(TopLogprob(alt_text, float(logits[candidate]) - logsumexp, alt_raw))
+        return TokenLogprob(text, token, float(logits[token]) - logsumexp, raw, tuple(alternatives))
+
+
 class LlamaEngine:
     """Owns one model; `submit` admits a request, `stream`/`run` execute it in FIFO order."""
 
@@ -441,6 +503,8 @@ class LlamaEngine:
         first = last = started
         n = 0
         finish = "length"
+        shaping = _Shaping(llm, params)
+        logprobs: list[TokenLogprob] = []
         tokens = llm.generate(
             job.prompt_tokens,
             top_k=params.top_k,
@@ -451,6 +515,8 @@ class LlamaEngine:
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
             reset=True,
+            logits_processor=shaping.processors(),
+            grammar=shaping.grammar(),
         )
         try:
             for token in tokens:
@@ -465,10 +531,12 @@ class LlamaEngine:
                 if n == 1:
                     first = last
                 generated.append(token)
+                if params.logprobs is not None:
+                    logprobs.append(shaping.logprob(token))
                 text, hit = stops.feed(decoder.decode(llm.detokenize([token])))
                 if text:
                     pieces.append(text)
-                    job.emit(Piece(text, tuple(generated[sent:])))
+                    job.emit(Piece(text, tuple(generated[sent:]), tuple(logprobs[sent:])))
                     sent = len(generated)
                 if hit:
                     finish = "stop"
@@ -483,7 +551,7 @@ class LlamaEngine:
         tail = stops.flush() + decoder.decode(b"", final=True)  # empty after a stop-sequence hit
         if tail or sent < len(generated):
             pieces.append(tail)
-            job.emit(Piece(tail, tuple(generated[sent:])))
+            job.emit(Piece(tail, tuple(generated[sent:]), tuple(logprobs[sent:])))
         ttft_ms = (first - started) * 1000
         tps = (n - 1) / (last - first) if n > 1 and last > first else 0.0
         result = GenerationResult(
@@ -496,6 +564,7 @@ class LlamaEngine:
             queue_ms=(started - job.admitted_at) * 1000,
             duration_s=time.perf_counter() - started,
             token_ids=generated,
+            logprobs=logprobs,
         )
         job.emit(_Done(result))
         self._on_loop(job, self._finish, "completed", n, ttft_ms, tps, result.duration_s)
