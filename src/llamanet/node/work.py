@@ -129,14 +129,24 @@ def sampling_params(
 # --------------------------------------------------------------------------- requests
 
 
+def _parallel(mode: str, asked: bool | None) -> bool:
+    """Several calls in one answer: OpenAI's default, except that a named function is called
+    once unless `parallel_tool_calls: true` is explicit (a small model forced to call a
+    function otherwise tends to repeat the same call until its budget runs out)."""
+    if mode in ("none", "auto", "required"):
+        return asked is not False
+    return asked is True
+
+
 def _plan(
     engine: Engine, body: ChoiceFields, messages: list[ChatMessage], grammar: str | None
 ) -> ToolPlan:
+    mode = body.tool_choice_mode()
     return plan_tools(
         messages,
         tool_specs(body.tools),
-        body.tool_choice_mode(),
-        parallel=body.parallel_tool_calls is not False,
+        mode,
+        parallel=_parallel(mode, body.parallel_tool_calls),
         template=engine.metadata.get(CHAT_TEMPLATE_KEY),
         json_grammar=grammar,
     )

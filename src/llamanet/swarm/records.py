@@ -122,10 +122,29 @@ def encode_record(record: NodeRecord) -> bytes:
             except ValueError as exc:
                 raise InvalidRecord("malformed", f"{name} is not hex") from exc
         elif name == "models":
-            value = [[m["id"], m["n_ctx"], m.get("quantization")] for m in value]
+            value = [_encode_model(m) for m in value]
         wire[_WIRE_KEYS.get(name, name)] = value
     packed: bytes = msgpack.packb(wire, use_bin_type=True)
     return packed
+
+
+_MODEL_POSITIONAL: Final = ("id", "n_ctx", "quantization")
+
+
+def _encode_model(model: dict[str, Any]) -> list[Any]:
+    """`[id, n_ctx, quantization]`, then a map of the other fields set (capabilities, ...)."""
+    out: list[Any] = [model["id"], model["n_ctx"], model.get("quantization")]
+    rest = {k: v for k, v in model.items() if k not in _MODEL_POSITIONAL}
+    if rest:
+        out.append(rest)
+    return out
+
+
+def _decode_model(value: list[Any]) -> ModelInfo:
+    rest = value[3] if len(value) > 3 else {}
+    if not isinstance(rest, dict):
+        raise TypeError("a model's extra fields must be a map")
+    return ModelInfo(id=value[0], n_ctx=value[1], quantization=value[2], **rest)
 
 
 def decode_record(data: bytes) -> NodeRecord:
@@ -146,7 +165,7 @@ def decode_record(data: bytes) -> NodeRecord:
                     raise TypeError(f"{name} must be bytes")
                 value = value.hex()
             elif name == "models":
-                value = [ModelInfo(id=m[0], n_ctx=m[1], quantization=m[2]) for m in value]
+                value = [_decode_model(m) for m in value]
             fields[name] = value
         return NodeRecord(**fields)
     except (ValueError, TypeError, IndexError, KeyError, ValidationError) as exc:
