@@ -283,10 +283,30 @@ def test_unusual_but_valid_messages_are_served(client: httpx.Client) -> None:
                 "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": " there"}],
             }
         ],
-        [{"role": "tool", "content": "42"}, {"role": "user", "content": "\u0000 and \u2028"}],
+        [
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            {"role": "user", "content": "\u0000 and \u2028"},
+        ],
     ):
         res = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2})
         assert res.status_code == 200, (messages, res.text)
+
+
+def test_a_tool_message_must_answer_an_earlier_call(client: httpx.Client) -> None:
+    """A tool result without its call's id, or for a call no assistant message made: 400s."""
+    for messages, code in (
+        ([{"role": "tool", "content": "42"}], "invalid_value"),
+        ([{"role": "tool", "tool_call_id": "c9", "content": "42"}], "unknown_tool_call"),
+    ):
+        res = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2})
+        assert_error(res, 400, code)
+    assert_serves(client)
 
 
 # ------------------------------------------------------------------ context, budgets, sampling
