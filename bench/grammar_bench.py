@@ -125,6 +125,12 @@ def main() -> None:
         "warning",
     ]
     node = start_server(cmd, url, tmp / "node.log")
+    deadline = time.monotonic() + 120
+    while httpx.get(url + "/health", timeout=5).status_code != 200:  # the model is loading
+        if time.monotonic() > deadline:
+            node.kill()
+            raise RuntimeError("the node did not load its model in 120 s")
+        time.sleep(0.2)
     samples: dict[str, list[Sample]] = {name: [] for name in CASES}
     try:
         with httpx.Client(timeout=600) as client:
