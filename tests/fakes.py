@@ -68,6 +68,8 @@ class FakeEngine:
     n_ctx: int = 1024
     n_vocab: int = 1000
     queue_size: int = 2
+    parallel: int = 1
+    n_gpu_layers: int = 0
     finish_reason: str = "stop"
     delay: float = 0.0
     fail_after: int | None = None
@@ -88,7 +90,7 @@ class FakeEngine:
 
     @property
     def capacity(self) -> int:
-        return 1 + self.queue_size
+        return self.parallel + self.queue_size
 
     @property
     def utilization(self) -> float:

@@ -6,6 +6,7 @@ node behaviour; `test_client_swarm.py` runs the same client against real node pr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from llamanet.client import (
 from llamanet.protocol import ModelInfo, NodeRecord
 from llamanet.swarm.identity import NodeIdentity
 from llamanet.swarm.records import sign_record
+from llamanet.swarm.selector import NodeSelector
 
 MODEL = "tiny"
 Behaviour = Callable[[httpx.Request], httpx.Response]
@@ -284,9 +286,9 @@ def test_record_cache_drops_forged_records() -> None:
 async def test_refresh_runs_before_records_expire() -> None:
     swarm = FakeSwarm(record("a", ttl=3.0))
     async with client_for(swarm, refresh_interval=5.0) as client:
-        assert client._refresh_delay() == 1.5
+        assert client.discovery.refresh_delay() == 1.5
         client.records.merge([bump(swarm.records[0], ttl=300.0)])
-        assert client._refresh_delay() == 5.0
+        assert client.discovery.refresh_delay() == 5.0
 
 
 async def test_no_reachable_seed_means_no_node_available() -> None:
@@ -349,22 +351,50 @@ async def test_connection_refused_fails_over_and_cools_down() -> None:
         assert swarm.served() == ["a", "b", "b"]
 
 
-async def test_503_with_retry_after_fails_over() -> None:
+async def test_full_queue_fails_over_without_cooldown() -> None:
+    """A 503 with Retry-After (queue full) is busy, not broken: skipped for this request only."""
     swarm = FakeSwarm(record("a"), record("b"))
     swarm.on("a", status(503, "server_overloaded", "queue_full", {"Retry-After": "7"}))
     async with client_for(swarm) as client:
         first_choice(client, swarm, "a")
         assert (await client.generate("hi")).node_id == nid("b")
-        assert client.selector.cooldown_remaining(nid("a")) > 5.0  # Retry-After honoured
+        assert not client.selector.in_cooldown(nid("a"))
+        swarm.on("a", ok)
+        first_choice(client, swarm, "a")
+        assert (await client.generate("hi")).node_id == nid("a")  # its queue has room again
 
 
-@pytest.mark.parametrize("code", [500, 502, 429])
-async def test_retryable_statuses_fail_over(code: int) -> None:
+async def test_every_node_busy_says_so() -> None:
     swarm = FakeSwarm(record("a"), record("b"))
-    swarm.on("a", status(code))
+    for name in "ab":
+        swarm.on(name, status(503, "server_overloaded", "queue_full", {"Retry-After": "3"}))
+    async with client_for(swarm) as client:
+        with pytest.raises(NoNodeAvailable, match="was busy") as info:
+            await client.generate("hi")
+    assert {a.status for a in info.value.attempts} == {503}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("code", "headers", "cools_down"),
+    [
+        (500, None, True),
+        (502, None, True),
+        (504, None, True),
+        (503, None, True),  # no Retry-After: not a full queue (a model that failed to load)
+        (503, {"Retry-After": "2"}, False),
+        (429, None, False),
+        (429, {"Retry-After": "2"}, False),
+    ],
+)
+async def test_retryable_statuses_fail_over(
+    code: int, headers: dict[str, str] | None, cools_down: bool
+) -> None:
+    swarm = FakeSwarm(record("a"), record("b"))
+    swarm.on("a", status(code, headers=headers))
     async with client_for(swarm) as client:
         first_choice(client, swarm, "a")
         assert (await client.generate("hi")).node_id == nid("b")
+        assert client.selector.in_cooldown(nid("a")) is cools_down
 
 
 async def test_timeout_fails_over() -> None:
@@ -422,6 +452,76 @@ async def test_all_nodes_cooling_down_means_no_node_available() -> None:
     assert swarm.calls == []
 
 
+async def test_a_gateway_is_not_counted_as_serving_a_model() -> None:
+    """A `--no-model` gateway's record lists no model: it serves none (issue 13)."""
+    gateway = sign_record(
+        identity("g"),
+        url="http://g.test",
+        models=[],
+        version="test",
+        started_at=0.0,
+        seq=1,
+        ttl=30.0,
+    )
+    swarm = FakeSwarm(record("a"), gateway)
+    async with client_for(swarm) as client:
+        client.selector.mark_failed(nid("a"))
+        with pytest.raises(NoNodeAvailable, match="1 known serve it, 1 of them cooling"):
+            await client.generate("hi")
+    assert swarm.calls == []
+
+
+async def test_a_node_that_fails_its_probe_is_never_preferred() -> None:
+    """A failed /health probe cools the node down instead of leaving its rtt unknown (0), which
+    made it the favourite (issue 13)."""
+
+    def probe_fails(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("frozen", request=request)
+
+    swarm = FakeSwarm(record("a"), record("b"))
+    handler = swarm.handler
+
+    def routed(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a.test" and request.url.path == "/health":
+            return probe_fails(request)
+        return handler(request)
+
+    transport = httpx.MockTransport(routed)
+    async with LlamaNetClient(nodes=["http://b.test"], transport=transport) as client:
+        await client.discovery.probe_rtts()
+        assert client.selector.in_cooldown(nid("a"))
+        assert client.selector.rtt(nid("a")) is None and client.selector.rtt(nid("b")) is not None
+        for _ in range(5):
+            assert (await client.generate("hi")).node_id == nid("b")
+
+
+async def test_a_silent_node_is_left_after_the_first_byte_deadline() -> None:
+    """No answer within `first_byte_timeout` and no answer to /health: the next node serves."""
+
+    async def silent(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    swarm = FakeSwarm(record("a"), record("b"))
+
+    async def routed(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a.test" and request.url.path != "/nodes":
+            return await silent(request)
+        return swarm.handler(request)
+
+    transport = httpx.MockTransport(routed)
+    async with LlamaNetClient(
+        nodes=["http://b.test"], transport=transport, first_byte_timeout=0.1, refresh_interval=3600
+    ) as client:
+        client._refresher.cancel()  # type: ignore[union-attr]  # no probes: the request finds out
+        first_choice(client, swarm, "a")
+        assert (await client.generate("hi")).node_id == nid("b")
+        assert client.selector.in_cooldown(nid("a"))
+        first_choice(client, swarm, "a")
+        chunks = [c async for c in client.generate_stream("hi")]
+        assert chunks[-1].node_id == nid("b")
+
+
 async def test_unknown_model_means_no_node_available() -> None:
     swarm = FakeSwarm(record("a"))
     async with client_for(swarm) as client:
@@ -451,7 +551,10 @@ async def test_context_estimate_does_not_rule_out_the_only_candidate() -> None:
 
 async def test_load_is_spread_over_nodes() -> None:
     swarm = FakeSwarm(record("a"), record("b"), record("c"))
-    async with client_for(swarm) as client:
+    # the background probes measure the fake transport's round trips: scheduling noise of a
+    # millisecond or more on a loaded machine, which must not rank identical nodes apart
+    selector = NodeSelector(tie_tolerance=0.25)
+    async with client_for(swarm, selector=selector) as client:
         for _ in range(60):
             await client.generate("hi")
     assert set(swarm.served()) == {"a", "b", "c"}
@@ -480,7 +583,8 @@ async def test_stream_fails_over_before_first_token() -> None:
         client.records.merge(swarm.records)
         chunks = await collect(client.chat_stream([{"role": "user", "content": "hi"}]))
         assert {c.node_id for c in chunks} == {nid("c")}
-        assert client.selector.in_cooldown(nid("a")) and client.selector.in_cooldown(nid("b"))
+        assert client.selector.in_cooldown(nid("a"))  # refused the connection: broken
+        assert not client.selector.in_cooldown(nid("b"))  # queue full: merely busy
     assert swarm.served() == ["a", "b", "c"]
 
 

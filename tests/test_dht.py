@@ -299,6 +299,87 @@ async def test_tombstone_removes_a_node_at_once() -> None:
             assert len(await node.find_nodes(MODEL)) == 7
 
 
+async def test_a_tombstone_reaches_every_contact_and_its_listeners_at_once() -> None:
+    """With replicas fewer than peers (ksize 2 of 6), the leaving node still hands its tombstone
+    to every contact it has, and each peer's storage tells its listeners (the gateway cache)."""
+    async with swarm(6, ksize=2) as nodes:
+        leaving = nodes[3]
+        assert leaving.identity is not None
+        heard: dict[str, list[NodeRecord]] = {node.node_id: [] for node in nodes}
+        for node in nodes:
+            node.on_withdrawn(heard[node.node_id].append)
+        record = make_record(leaving.identity)
+        await leaving.publish(record)
+        contacts = {f"{ip}:{port}" for ip, port in leaving.contacts()}
+        assert len(contacts) >= 3  # more contacts than replicas per key
+        await leaving.withdraw(make_tombstone(leaving.identity, record))
+        told = [n for n in nodes if n is not leaving and f"127.0.0.1:{n.port}" in contacts]
+        assert told
+        for node in told:  # no lookup, no waiting: the tombstone is already there
+            assert [t.node_id for t in heard[node.node_id]] == [leaving.node_id] * len(
+                heard[node.node_id]
+            )
+            assert heard[node.node_id], f"{node.node_id[:8]} was not told"
+            assert all(t.withdrawn for t in heard[node.node_id])
+
+
+async def test_restarted_node_without_bootstrap_rejoins_through_known_peers(
+    tmp_path: Any,
+) -> None:
+    """The first node of a swarm (no bootstrap peers) restarts with the same home and port:
+    it rejoins through the peers it saved, and they admit it again although they had dropped
+    it while it was down (issue 13)."""
+    identity = NodeIdentity.generate()
+    peers_file = tmp_path / "peers.json"
+    first = DHTNode(identity, rpc_timeout=RPC_TIMEOUT)
+    await first.start()
+    port = first.port
+    presence = Presence(first, identity, _describe(9400), heartbeat=0.3, peers_file=peers_file)
+    others = [DHTNode(NodeIdentity.generate(), rpc_timeout=RPC_TIMEOUT) for _ in range(2)]
+    try:
+        await presence.start()
+        for other in others:
+            await other.start()
+            await other.bootstrap([("127.0.0.1", port)])
+            assert other.identity is not None
+            await other.publish(make_record(other.identity))
+
+        async def saved() -> bool:
+            return len(presence.status()["known_peers"]) == 2
+
+        assert await eventually(saved)
+        await presence.stop()
+        await first.stop()
+
+        async def dropped() -> bool:  # the others notice it is gone and drop it
+            for other in others:
+                assert other.identity is not None
+                await other.publish(make_record(other.identity))
+            return all(len(other.protocol.router) == 1 for other in others)
+
+        assert await eventually(dropped)
+
+        again = DHTNode(identity, rpc_timeout=RPC_TIMEOUT)
+        await again.start(port=port)
+        presence = Presence(again, identity, _describe(9401), heartbeat=0.3, peers_file=peers_file)
+        first = again
+        await presence.start()
+        assert presence.status()["bootstrap_state"] == "joined"
+        assert presence.status()["routing_table_size"] == 2
+        assert _ids(await again.find_nodes()) >= {o.node_id for o in others}
+
+        async def admitted() -> bool:
+            found = [await o.find_node(identity.node_id) for o in others]
+            return all(r is not None and r.url == "http://127.0.0.1:9401" for r in found)
+
+        assert await eventually(admitted)
+    finally:
+        await presence.stop()
+        await first.stop()
+        for other in others:
+            await other.stop()
+
+
 async def test_dropping_a_model_leaves_its_key_at_once() -> None:
     async with swarm(5) as nodes:
         node = nodes[2]

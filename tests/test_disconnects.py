@@ -37,8 +37,8 @@ def body(max_tokens: int = LONG, stream: bool = True) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def swarm(start_node: Any) -> dict[str, Any]:
-    """B serves the model (queue of 1); G holds none and forwards to B."""
-    b = start_node("--model-id", "smol", "--queue-size", "1")
+    """B serves the model (one slot, a queue of 1); G holds none and forwards to B."""
+    b = start_node("--model-id", "smol", "--parallel", "1", "--queue-size", "1")
     g = start_node("--no-model", "--bootstrap", b.bootstrap)
     deadline = time.monotonic() + 30
     while "smol" not in {m["id"] for m in g.get("/v1/models").json()["data"]}:

@@ -107,14 +107,19 @@ def cap_tokens(case: Any) -> None:
                 body[name] = MAX_TOKENS
 
 
-# 400s no schema can predict: they depend on the model (its context, its vocabulary, its chat
-# template), on the node's state (stored responses), on constraints between fields or messages
-# that JSON Schema cannot state (`protocol.VALIDATION_CODES`), or on what a grammar can enforce
-# of a JSON schema sent in the body.
+# 400s no schema can predict: they depend on the model (its tokenizer, context, vocabulary, size)
+MODEL_DEPENDENT = {
+    "context_length_exceeded",  # a prompt or embeddings input too long for the context
+    "invalid_token",  # a token id (embeddings input, logit_bias) outside the vocabulary
+    "unsupported_dimensions",  # embeddings `dimensions` other than the model's own
+    "too_many_tokens",  # embeddings inputs beyond the per-request total
+    "template_error",  # a conversation the model's chat template refuses to render
+}
+# ... on the node's state (stored responses), on constraints between fields or messages that
+# JSON Schema cannot state (`protocol.VALIDATION_CODES`), or on what a grammar can enforce of a
+# JSON schema sent in the body
 UNPREDICTABLE_400 = {
-    "context_length_exceeded",
-    "token_not_in_vocabulary",
-    "template_error",
+    *MODEL_DEPENDENT,
     "previous_response_not_found",
     "unsupported_schema",
     "unsupported_combination",

@@ -177,7 +177,14 @@ def test_status_info_health(node: Any) -> None:
             "id": "smol",
             "n_ctx": 512,
             "quantization": "Q4_1",
-            "capabilities": ["chat", "completions", "tools", "json_schema", "logprobs"],
+            "capabilities": [
+                "chat",
+                "completions",
+                "tools",
+                "json_schema",
+                "logprobs",
+                "embeddings",
+            ],
         }
     ]
     assert node.get("/health").status_code == 200

@@ -22,7 +22,7 @@ LONG = {
 
 @pytest.fixture(scope="module")
 def node(start_node: Any) -> Any:
-    return start_node("--queue-size", "1", "--model-id", "smol")
+    return start_node("--parallel", "1", "--queue-size", "1", "--model-id", "smol")
 
 
 @contextlib.contextmanager

@@ -816,6 +816,29 @@ class Completion(BaseModel):
 
 
 MAX_EMBEDDING_INPUTS = 2048  # the OpenAI limit
+MAX_TOKEN_ID = (1 << 31) - 1  # llama.cpp tokens are int32; the model's vocabulary decides further
+
+_TOKEN_ARRAY: dict[str, Any] = {
+    "type": "array",
+    "items": {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID},
+    "minItems": 1,
+}
+_EMBEDDING_INPUT_SCHEMA: dict[str, Any] = {  # what `_embedding_input` enforces
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "maxItems": MAX_EMBEDDING_INPUTS,
+        },
+        _TOKEN_ARRAY,
+        {"type": "array", "items": _TOKEN_ARRAY, "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS},
+    ],
+    "title": "Input",
+    "description": "A string, a list of strings, a token array, or a list of token arrays; "
+    f"never empty, at most {MAX_EMBEDDING_INPUTS} inputs, each within the model's context.",
+}
 
 
 def _embedding_input(value: Any) -> Any:
@@ -824,8 +847,12 @@ def _embedding_input(value: Any) -> Any:
     def bad(message: str) -> PydanticCustomError:
         return PydanticCustomError("embedding_input", message)
 
+    def token(t: Any) -> bool:  # an integer, also as JSON may write it (`7.0`), as for every int
+        whole = isinstance(t, int) or (isinstance(t, float) and t.is_integer())
+        return whole and not isinstance(t, bool) and 0 <= t <= MAX_TOKEN_ID
+
     def tokens(array: list[Any]) -> bool:
-        return all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in array)
+        return all(token(t) for t in array)
 
     if isinstance(value, str):
         if not value:
@@ -833,26 +860,28 @@ def _embedding_input(value: Any) -> Any:
         return value
     if not isinstance(value, list) or not value:
         raise bad("input must be a string, a list of strings, or token arrays, and not empty")
+    if tokens(value):
+        return [int(t) for t in value]  # one token array: its length is the context's to bound
     if len(value) > MAX_EMBEDDING_INPUTS:
         raise bad(f"input holds at most {MAX_EMBEDDING_INPUTS} items")
     if all(isinstance(item, str) for item in value):
         if not all(value):
             raise bad("input must not hold an empty string")
         return value
-    if tokens(value):
-        return value
     if all(isinstance(item, list) and item and tokens(item) for item in value):
-        return value
+        return [[int(t) for t in item] for item in value]
     raise bad(
-        "input must be a string, a list of strings, a token array (non-negative integers) "
-        "or a list of non-empty token arrays"
+        "input must be a string, a list of strings, a token array (integers from 0 to "
+        f"{MAX_TOKEN_ID}) or a list of non-empty token arrays"
     )
 
 
 class EmbeddingRequest(_Lenient):
     model: str | None = None
     input: Annotated[
-        str | list[str] | list[int] | list[list[int]], BeforeValidator(_embedding_input)
+        str | list[str] | list[int] | list[list[int]],
+        BeforeValidator(_embedding_input),
+        WithJsonSchema(_EMBEDDING_INPUT_SCHEMA),
     ]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1), Number] | None = None
@@ -1340,7 +1369,7 @@ class ModelCard(BaseModel):
     owned_by: str = "llamanet"
     nodes: int = 1
     n_ctx: int | None = None
-    capabilities: list[str] | None = None
+    capabilities: list[str] = Field(default_factory=list)  # served by at least one node
 
 
 class ModelList(BaseModel):
@@ -1445,7 +1474,8 @@ class ModelInfo(BaseModel):
     id: str
     n_ctx: int
     quantization: str | None = None
-    capabilities: list[str] = Field(default_factory=list)  # "chat", "tools", "json_schema", ...
+    # what a node serves of the model: "chat", "completions", "embeddings", "tools", ...
+    capabilities: list[str] = Field(default_factory=list)
 
 
 class NodeStatus(BaseModel):
@@ -1466,6 +1496,14 @@ class NodeStatus(BaseModel):
     requests_rejected: int
     requests_forwarded: int = 0
     tokens_generated: int
+    slots: int = 0  # sequences the engine batches together (--parallel)
+    slots_busy: int = 0
+    aggregate_tokens_per_second: float = 0.0  # every stream together, while generating
+    prompt_tokens_evaluated: int = 0
+    prompt_tokens_reused: int = 0  # prompt tokens whose KV was already there (prefix reuse)
+    prefix_cache_hits: int = 0
+    decode_steps: int = 0
+    batch_tokens: int = 0  # tokens in the last llama_decode batch
 
 
 class NodeInfo(BaseModel):
@@ -1475,6 +1513,9 @@ class NodeInfo(BaseModel):
     models: list[ModelInfo]
     model_path: str | None = None
     n_threads: int | None = None
+    parallel: int | None = None
+    n_gpu_layers: int = 0  # layers offloaded to a GPU (-1: all); 0 on a CPU-only build
+    gpu_offload_supported: bool = False
     started_at: float
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -1494,6 +1535,7 @@ class NodeRecord(BaseModel):
     active: int = 0
     queued: int = 0
     capacity: int = 1
+    slots: int = 0  # batched sequences: a node with active < slots starts a request at once
     tokens_per_second: float = 0.0
     ttft_ms: float = 0.0
     version: str

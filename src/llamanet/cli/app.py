@@ -164,7 +164,27 @@ def node(
         str | None, _option("URL peers should use to reach this node.", "public_url")
     ] = None,
     n_ctx: Annotated[
-        int | None, _option("Context length in tokens (default 2048).", "n_ctx")
+        int | None,
+        _option(
+            "Context length per slot in tokens (default 2048); the KV cache holds parallel x "
+            "n_ctx tokens.",
+            "n_ctx",
+        ),
+    ] = None,
+    parallel: Annotated[
+        int | None,
+        _option(
+            "Requests generated together in one batch (slots; default 2 per core, at most 8).",
+            "parallel",
+        ),
+    ] = None,
+    n_gpu_layers: Annotated[
+        int | None,
+        _option(
+            "Layers offloaded to the GPU (-1 all; default all when llama-cpp-python was built "
+            "with a GPU backend, else 0).",
+            "n_gpu_layers",
+        ),
     ] = None,
     n_threads: Annotated[
         int | None, _option("CPU threads for generation (default: all).", "n_threads")
@@ -172,7 +192,7 @@ def node(
     queue_size: Annotated[
         int | None,
         _option(
-            "Requests that may wait behind the running one (default 8); beyond it: 503.",
+            "Requests that may wait for a free slot (default 8); beyond it: 503 or a peer.",
             "queue_size",
         ),
     ] = None,
@@ -208,6 +228,16 @@ def node(
             show_default=False,
         ),
     ] = None,
+    embeddings: Annotated[
+        bool | None,
+        typer.Option(
+            "--embeddings/--no-embeddings",
+            help="Serve /v1/embeddings (an embedding context on the model, made on first use).",
+            envvar="LLAMANET_EMBEDDINGS",
+            show_envvar=True,
+            show_default=False,
+        ),
+    ] = None,
     api_key: Annotated[
         list[str] | None,
         _option(
@@ -236,6 +266,14 @@ def node(
         _option(
             "Seconds a request may run before it is ended with an error (default 600).",
             "request_timeout",
+        ),
+    ] = None,
+    first_byte_timeout: Annotated[
+        float | None,
+        _option(
+            "Seconds a peer gets to start its answer before a liveness probe decides whether "
+            "it is busy (wait on) or frozen (try another node); default 5.",
+            "first_byte_timeout",
         ),
     ] = None,
     log_level: Annotated[str | None, _option("Log level (default info).", "log_level")] = None,

@@ -8,7 +8,8 @@
   record so peers of other swarms never route to it, nor it to them. Proven peer requests skip
   the API key (the forwarding node already checked the user) and the per-client limits.
 - `--rate-limit N` generation requests per minute and `--max-streams N` concurrent generation
-  requests per client (API key, or IP address without one): 429 with Retry-After.
+  requests per client (API key, or IP address without one): 429 with Retry-After. Embeddings
+  count as generation requests: they run the model too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ GENERATION_PATHS = frozenset(
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/chat/completions/stream",
+        "/v1/embeddings",
         "/generate",
         "/generate/stream",
     }

@@ -19,17 +19,13 @@ from llamanet.node.errors import install_error_handlers
 from llamanet.node.middleware import RequestGuard, RequestLog, WebUI
 from llamanet.node.node import LlamaNetNode
 from llamanet.node.responses import ResponseStore
-from llamanet.node.routes import native, openai, responses, swarm
+from llamanet.node.routes import embeddings, native, openai, responses, swarm
 
 __all__ = ["WEB_DIR", "create_app"]
 
 WEB_DIR = Path(__file__).parent.parent / "web"  # llamanet/web, the static UI
-_ROUTERS = (
-    openai.router,
-    responses.router,
-    native.router,
-    swarm.router,
-)  # no prefixes: their paths are the app's
+# no prefixes: their paths are the app's
+_ROUTERS = (openai.router, responses.router, embeddings.router, native.router, swarm.router)
 
 
 def create_app(node: LlamaNetNode) -> FastAPI:

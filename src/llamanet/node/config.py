@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from llamanet.swarm.failover import DEFAULT_FIRST_BYTE_TIMEOUT
+
 
 def default_home() -> Path:
     return Path(os.environ.get("LLAMANET_HOME", "~/.llamanet")).expanduser()
@@ -29,9 +31,13 @@ class NodeSettings(BaseSettings):
     n_ctx: int = 2048
     n_threads: int | None = None
     n_batch: int = 512
+    parallel: int | None = None  # slots; None: 2 per core, at most 8
+    n_gpu_layers: int | None = None  # None: every layer when llama.cpp has a GPU backend, else 0
     queue_size: int = 8
+    embeddings: bool = True  # serve /v1/embeddings (a second context on the model, made lazily)
     max_body_size: int = 1 << 20
     request_timeout: float = 600.0
+    first_byte_timeout: float = Field(default=DEFAULT_FIRST_BYTE_TIMEOUT, gt=0)
     dht_host: str | None = None
     dht_port: int = 8001
     bootstrap: Annotated[list[str], NoDecode] = Field(default_factory=list)

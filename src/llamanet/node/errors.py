@@ -184,3 +184,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return APIError(
             500, "The node had an internal error.", type="server_error", code="internal_error"
         ).response()
+
+
+def capability_not_served(capability: str, model: str | None) -> APIError:
+    """No node (this one, or any known peer) serves `capability` ("embeddings") for `model`."""
+    where = f"the model '{model}'" if model else "any model"
+    return APIError(
+        404,
+        f"No node in the swarm serves {capability} for {where}.",
+        param="model",
+        code="model_not_found",
+    )

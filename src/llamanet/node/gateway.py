@@ -2,34 +2,61 @@
 
 The peer is chosen by the one `NodeSelector` (the client library's router) over records kept
 fresh in the background, so the request path never waits on a DHT lookup unless the cache has no
-candidate at all. Responses (streams included) are relayed chunk by chunk as they arrive; a
-client that goes away closes the upstream connection, so the peer stops generating too. A
-forwarded request carries `X-LlamaNet-Forwarded-By` and is never forwarded again.
+candidate at all; a tombstone the DHT receives drops its node from the cache at once
+(`withdrawn`). What a failed peer means is decided by the swarm's one failover policy
+(`llamanet.swarm.failover`), the same as in `LlamaNetClient`: a busy peer is skipped, a broken
+one cooled down, a caller error relayed as is.
+
+A peer gets `first_byte_timeout` seconds to send its response head; past that, a liveness probe
+(`GET /health`) tells a busy peer (keep waiting, up to `request_timeout`) from a frozen one (next
+peer, cooldown). Responses (streams included) are relayed as they arrive, streams event by event;
+a stream that breaks after its head ends with one `data: {"error": ...}` event and counts as a
+502. A client that goes away closes the upstream connection, so the peer stops generating too.
+A forwarded request carries `X-LlamaNet-Forwarded-By` and is never forwarded again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
 
 import httpx
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from fastapi.sse import format_sse_event
 
 from llamanet.node.disconnect import unless_disconnected
-from llamanet.node.errors import APIError, model_not_found
+from llamanet.node.errors import APIError, capability_not_served, model_not_found
 from llamanet.protocol import NodeRecord
+from llamanet.swarm.failover import (
+    DEFAULT_FIRST_BYTE_TIMEOUT,
+    Failover,
+    Verdict,
+    estimate_request_tokens,
+    judge_status,
+    swarm_models,
+    wait_for_answer,
+)
 from llamanet.swarm.membership import FORWARDED_HEADER, SWARM_AUTH_HEADER, swarm_proof
-from llamanet.swarm.selector import NodeSelector
+from llamanet.swarm.selector import NodeSelector, offers
+
+__all__ = ["Gateway", "is_forwarded"]
 
 log = logging.getLogger(__name__)
 
-_PASS_REQUEST = ("content-type", "accept")  # the user's API key is for this node, not its peers
-_PASS_RESPONSE = ("content-type", "retry-after", "x-llamanet-node", "cache-control")
-MAX_ATTEMPTS = 3
+_PASS_REQUEST: Final = ("content-type", "accept")  # the user's API key is for this node only
+_PASS_RESPONSE: Final = ("content-type", "retry-after", "x-llamanet-node", "cache-control")
+MAX_ATTEMPTS: Final = 3
+MODEL_MEMORY: Final = 600.0  # a model seen this recently is "temporarily unavailable", not unknown
+WITHDRAWN_MEMORY: Final = 300.0  # how long a tombstone keeps older records of its node out
+MAX_WITHDRAWN: Final = 10_000
+_EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
 def is_forwarded(request: Request) -> bool:
@@ -37,7 +64,12 @@ def is_forwarded(request: Request) -> bool:
 
 
 class Gateway:
-    """Picks peers for requests this node will not serve itself and proxies them."""
+    """Picks peers for requests this node will not serve itself and proxies them.
+
+    `find_nodes()` returns the live records of the swarm (this node's own included);
+    `on_forwarded()` is called once per request a peer accepted. `transport` replaces httpx's
+    network transport (in-process tests with scripted peers).
+    """
 
     def __init__(
         self,
@@ -48,21 +80,29 @@ class Gateway:
         heartbeat: float,
         request_timeout: float,
         on_forwarded: Callable[[], None] | None = None,
+        first_byte_timeout: float = DEFAULT_FIRST_BYTE_TIMEOUT,
+        refresh_interval: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.node_id = node_id
         self.find_nodes = find_nodes
         self.swarm_key = swarm_key
-        self.on_forwarded = on_forwarded
+        self.on_forwarded = on_forwarded or (lambda: None)
+        self.first_byte_timeout = first_byte_timeout
         self.selector = NodeSelector()
         # twice per heartbeat: a record (ttl = 3 heartbeats) is never missed, lookups stay rare
-        self.refresh_interval = max(0.5, heartbeat / 2)
+        self.refresh_interval = refresh_interval or max(0.5, heartbeat / 2)
         self.records: list[NodeRecord] = []
         self.refreshed_at = 0.0
+        self._withdrawn: dict[str, tuple[int, float]] = {}  # node id -> (tombstone seq, until)
+        self._models_seen: dict[str, float] = {}  # model id -> monotonic time last seen live
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=3.0, read=request_timeout, write=30.0, pool=10.0),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            transport=transport,  # tests: scripted peers
         )
         self._task: asyncio.Task[None] | None = None
+        self._probes: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ peer records
 
@@ -70,21 +110,51 @@ class Gateway:
         self._task = asyncio.create_task(self._refresh_forever(), name="gateway-refresh")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._probes]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._http.aclose()
 
     async def _refresh_forever(self) -> None:
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception as exc:  # a failed lookup keeps the records we have
+                log.warning("peer lookup failed: %r", exc)
             await asyncio.sleep(self.refresh_interval)
 
     async def refresh(self) -> list[NodeRecord]:
-        self.records = await self.find_nodes()
-        self.refreshed_at = time.monotonic()
+        found = await self.find_nodes()
+        now = time.monotonic()
+        for node_id in [n for n, (_, until) in self._withdrawn.items() if until <= now]:
+            del self._withdrawn[node_id]
+        # a lookup that began before a tombstone arrived must not bring its node back
+        self.records = [r for r in found if not self._superseded(r)]
+        self.refreshed_at = now
+        for card in swarm_models(self.records):
+            self._models_seen[card.id] = now
         return self.records
+
+    def _superseded(self, record: NodeRecord) -> bool:
+        gone = self._withdrawn.get(record.node_id)
+        return record.withdrawn or (gone is not None and record.seq <= gone[0])
+
+    def withdrawn(self, tombstone: NodeRecord) -> None:
+        """A node left (its tombstone reached this node's DHT storage): stop listing and routing
+        to it now rather than at the next refresh."""
+        held = self._withdrawn.get(tombstone.node_id)
+        if held is None or tombstone.seq > held[0]:
+            until = time.monotonic() + max(WITHDRAWN_MEMORY, tombstone.ttl)
+            self._withdrawn.pop(tombstone.node_id, None)  # oldest first: bounded below
+            self._withdrawn[tombstone.node_id] = (tombstone.seq, until)
+            if len(self._withdrawn) > MAX_WITHDRAWN:
+                del self._withdrawn[next(iter(self._withdrawn))]
+        before = len(self.records)
+        self.records = [r for r in self.records if not self._superseded(r)]
+        if len(self.records) != before:
+            log.info("node %s left the swarm", tombstone.node_id[:12])
 
     def recent(self) -> list[NodeRecord] | None:
         """The cached records if the last refresh is recent enough to answer from."""
@@ -95,35 +165,19 @@ class Gateway:
         return [r for r in self.records if r.node_id != self.node_id and not r.withdrawn]
 
     def swarm_models(self) -> dict[str, tuple[int, int | None]]:
-        """model id -> (number of nodes serving it, smallest n_ctx), over live records."""
-        out: dict[str, tuple[int, int | None]] = {}
-        for record in self.records:
-            for model in record.models:
-                count, n_ctx = out.get(model.id, (0, None))
-                out[model.id] = (count + 1, min(n_ctx or model.n_ctx, model.n_ctx))
-        return out
+        """model id -> (number of nodes serving it, largest n_ctx), over live records (the one
+        model list: `llamanet.swarm.failover.swarm_models`)."""
+        return {card.id: (card.nodes, card.n_ctx) for card in swarm_models(self.records)}
 
-    async def _candidates(
-        self, model: str | None, prompt_tokens: int, max_tokens: int, tried: set[str]
-    ) -> list[NodeRecord]:
-        exclude = {self.node_id, *tried}
-        ranked = self.selector.rank(
-            self.peers(),
-            model=model,
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens,
-            exclude=exclude,
-        )
-        if not ranked and not tried:  # the cache may be stale: look once more, on demand
-            await self.refresh()
-            ranked = self.selector.rank(
-                self.peers(),
-                model=model,
-                prompt_tokens=prompt_tokens,
-                max_tokens=max_tokens,
-                exclude=exclude,
-            )
-        return ranked
+    def seen_recently(self, model: str) -> bool:
+        """Whether `model` was served in the swarm within `MODEL_MEMORY` seconds."""
+        seen = self._models_seen.get(model)
+        if seen is None:
+            return False
+        if time.monotonic() - seen > MODEL_MEMORY:
+            del self._models_seen[model]
+            return False
+        return True
 
     # ------------------------------------------------------------------ proxying
 
@@ -132,109 +186,307 @@ class Gateway:
         request: Request,
         model: str | None,
         *,
-        prompt_tokens: int = 0,
+        prompt_tokens: int | None = None,
         max_tokens: int = 0,
         reason: str = "",
-    ) -> StreamingResponse:
-        """Sends the request to the best peer, failing over before the first byte."""
+        capability: str | None = None,
+    ) -> Response:
+        """Sends the request to the best peer, failing over before the first byte; with a
+        `capability` (e.g. "embeddings"), only to peers whose record advertises it.
+
+        `prompt_tokens` None: estimated from the body, as the client library estimates it.
+        """
         body = await request.body()
+        if prompt_tokens is None:
+            prompt_tokens = _estimate(body)
         headers = {k: v for k, v in request.headers.items() if k.lower() in _PASS_REQUEST}
         headers[FORWARDED_HEADER] = self.node_id
         if self.swarm_key:
             headers[SWARM_AUTH_HEADER] = swarm_proof(self.swarm_key, self.node_id)
-        tried: set[str] = set()
-        last_error: APIError | None = None
-        for _ in range(MAX_ATTEMPTS):
-            ranked = await self._candidates(model, prompt_tokens, max_tokens, tried)
-            if not ranked:
-                break
-            peer = ranked[0]
-            tried.add(peer.node_id)
-            try:
-                return await self._relay(request, peer, body, headers, reason)
-            except _PeerFailed as exc:
-                last_error = exc.error
-        if last_error is not None:
-            raise last_error
-        if model is not None and model not in self.swarm_models():
-            raise model_not_found(model, sorted(self.swarm_models()))
-        raise APIError(
-            503,
-            "No node in the swarm can take this request right now.",
-            code="no_capacity",
-            headers={"Retry-After": "2"},
+        failover: Failover[APIError] = Failover(
+            self.selector,
+            records=self.peers,
+            refresh=self.refresh,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            attempts=MAX_ATTEMPTS,
+            exclude={self.node_id},
+            capability=capability,
         )
+        while (peer := await failover.next_node()) is not None:
+            try:
+                response = await self._relay(request, peer, body, headers, reason)
+            except _PeerFailed as exc:
+                seconds = failover.failed(peer, exc.verdict, exc.error, retry_after=exc.retry_after)
+                cooling = f"; cooling down {seconds:.0f}s" if seconds else ""
+                log.warning("%s%s", exc.error.detail.message, cooling)
+                continue
+            failover.succeeded(peer)
+            return response
+        raise self._exhausted(failover, model, capability)
+
+    def _exhausted(
+        self, failover: Failover[APIError], model: str | None, capability: str | None = None
+    ) -> APIError:
+        if failover.failures:
+            if failover.all_busy:
+                wait = failover.retry_after()
+                return _no_capacity("Every node that serves the model is busy", wait)
+            error = failover.failures[-1].failure
+            error.headers.setdefault("Retry-After", _seconds(failover.retry_after()))
+            return error
+        if model is not None and model not in self.swarm_models():
+            if not self.seen_recently(model):
+                return model_not_found(model, sorted(self.swarm_models()))
+            return _no_capacity(f"No node serving '{model}' is reachable right now", 5.0)
+        if capability is not None and not any(offers(r, model, capability) for r in self.peers()):
+            return capability_not_served(capability, model)
+        cooling = [self.selector.cooldown_remaining(r.node_id) for r in failover.cooling()]
+        wait = min(cooling) if cooling else 2.0
+        return _no_capacity("No node in the swarm can take this request right now", wait)
 
     async def _relay(
         self, request: Request, peer: NodeRecord, body: bytes, headers: dict[str, str], reason: str
-    ) -> StreamingResponse:
+    ) -> Response:
         url = peer.url.rstrip("/") + request.url.path
         upstream_request = self._http.build_request("POST", url, content=body, headers=headers)
         started = time.perf_counter()
         in_flight = contextlib.ExitStack()  # counts the request against the peer until it ends
         in_flight.enter_context(self.selector.track(peer.node_id))
         try:
-            # the peer's response head, as long as our own client stays
-            upstream = await unless_disconnected(
-                request, self._http.send(upstream_request, stream=True)
-            )
-        except httpx.HTTPError as exc:
-            in_flight.close()
-            self.selector.mark_failed(peer.node_id)
-            log.warning("peer %s failed before answering: %s", peer.node_id[:12], exc)
-            raise _PeerFailed(
-                APIError(
-                    502, f"Peer node {peer.node_id[:12]} failed: {exc}", code="peer_unreachable"
-                )
-            ) from exc
+            upstream = await self._response_head(request, peer, upstream_request)
         except BaseException:
             in_flight.close()
             raise
-        if upstream.status_code >= 500:
-            await upstream.aclose()
-            in_flight.close()
-            retry_after = upstream.headers.get("retry-after")
-            if upstream.status_code != 503:  # a full queue is busy, not broken: no cooldown
-                self.selector.mark_failed(
-                    peer.node_id,
-                    retry_after=float(retry_after)
-                    if retry_after and retry_after.isdigit()
-                    else None,
-                )
-            raise _PeerFailed(
-                APIError(
-                    upstream.status_code,
-                    f"Peer node {peer.node_id[:12]} answered {upstream.status_code}.",
-                    code="peer_error",
-                    headers={"Retry-After": retry_after or "1"},
-                )
-            )
-        self.selector.mark_ok(peer.node_id)
-        self.selector.record_rtt(peer.node_id, time.perf_counter() - started)
-        if self.on_forwarded is not None:
-            self.on_forwarded()
+        if upstream.status_code >= 400:
+            try:
+                # a 5xx is judged by its status and Retry-After alone, and its connection is
+                # dropped unread: after a burst of 503s, idle pooled connections would linger
+                if upstream.status_code < 500:
+                    await upstream.aread()
+            except httpx.HTTPError as exc:
+                raise _PeerFailed.broken(peer, f"failed while answering: {exc}") from exc
+            finally:
+                await upstream.aclose()
+                in_flight.close()
+            return self._error_answer(peer, upstream)
+        relay = _Relay(self, request, peer, upstream, in_flight)
+        if relay.events:  # a stream's head comes on admission; a JSON answer's only at its end
+            self.selector.record_rtt(peer.node_id, time.perf_counter() - started)
+        self.on_forwarded()
         request.state.served_by = peer.node_id[:12]
         log.info("forwarding %s to %s (%s)", request.url.path, peer.node_id[:12], reason)
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() in _PASS_RESPONSE}
         return StreamingResponse(
-            _relay_body(upstream, in_flight), status_code=upstream.status_code, headers=out_headers
+            relay.body(), status_code=upstream.status_code, headers=out_headers
         )
+
+    async def _response_head(
+        self, request: Request, peer: NodeRecord, outgoing: httpx.Request
+    ) -> httpx.Response:
+        """The peer's response head, as long as our own client stays and the peer is alive."""
+        answer = wait_for_answer(
+            self._http.send(outgoing, stream=True),
+            first_byte_timeout=self.first_byte_timeout,
+            alive=lambda: self._alive(peer),
+        )
+        try:
+            return await unless_disconnected(request, answer)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise _PeerFailed.broken(peer, f"failed before answering: {_describe(exc)}") from exc
+        except APIError as exc:
+            if exc.status == 499:  # the user gave up while the peer kept silent: was it alive?
+                self._check_later(peer)
+            raise
+
+    def _error_answer(self, peer: NodeRecord, upstream: httpx.Response) -> Response:
+        """A peer's error answer: relayed as is when it is the caller's error, else failover."""
+        retry_after = _retry_after(upstream)
+        detail = _error_fields(upstream.content) if upstream.is_stream_consumed else {}
+        verdict = judge_status(
+            upstream.status_code,
+            error_type=detail.get("type"),
+            error_code=detail.get("code"),
+            retry_after=retry_after,
+        )
+        if verdict is Verdict.RAISE:
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() in _PASS_RESPONSE}
+            return Response(upstream.content, upstream.status_code, headers=out_headers)
+        raise _PeerFailed(
+            APIError(
+                upstream.status_code if upstream.status_code >= 500 else 503,
+                f"Peer node {peer.node_id[:12]} answered {upstream.status_code}"
+                + (f" ({detail['code']})" if detail.get("code") else "")
+                + ".",
+                code="peer_busy" if verdict is Verdict.SKIP else "peer_error",
+                headers={"Retry-After": _seconds(retry_after or 1.0)},
+            ),
+            verdict,
+            retry_after,
+        )
+
+    async def _alive(self, peer: NodeRecord) -> bool:
+        """Whether the peer answers `GET /health` at all within the first-byte deadline."""
+        probe = self._http.get(
+            peer.url.rstrip("/") + "/health",
+            timeout=httpx.Timeout(self.first_byte_timeout),
+            headers={"Connection": "close"},  # a probe's connection is not kept in the pool
+        )
+        try:
+            await asyncio.wait_for(probe, self.first_byte_timeout)
+        except (httpx.HTTPError, TimeoutError):
+            return False
+        return True
+
+    def _check_later(self, peer: NodeRecord) -> None:
+        """Probe a peer in the background; cool it down if it does not answer."""
+
+        async def check() -> None:
+            if not await self._alive(peer):
+                self.mark_failed(peer, "did not answer while a user waited")
+
+        task = asyncio.create_task(check())
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    def mark_failed(self, peer: NodeRecord, why: str) -> None:
+        seconds = self.selector.mark_failed(peer.node_id, started_at=peer.started_at)
+        log.warning("peer %s %s; cooling down %.0fs", peer.node_id[:12], why, seconds)
 
 
 class _PeerFailed(Exception):
-    def __init__(self, error: APIError) -> None:
+    """A peer could not take the request; `verdict` says whether it cools down."""
+
+    def __init__(self, error: APIError, verdict: Verdict, retry_after: float | None = None) -> None:
         super().__init__(error.detail.message)
         self.error = error
+        self.verdict = verdict
+        self.retry_after = retry_after
+
+    @classmethod
+    def broken(cls, peer: NodeRecord, what: str) -> _PeerFailed:
+        error = APIError(
+            502,
+            f"Peer node {peer.node_id[:12]} {what}",
+            code="peer_unreachable",
+            headers={"Retry-After": "1"},
+        )
+        return cls(error, Verdict.COOL_DOWN)
 
 
-async def _relay_body(
-    upstream: httpx.Response,
-    in_flight: contextlib.ExitStack,
-) -> AsyncIterator[bytes]:
-    """Relays the peer's bytes as they arrive; closing it (client gone) closes the upstream."""
+class _Relay:
+    """One accepted upstream response, relayed to our client.
+
+    Event streams are passed on event by event, so a break never leaves half an event behind:
+    what the client got is a prefix of whole events, then one error event. This is where a
+    resume on the next peer (issue 13) will slot in: `_broken` would ask the failover policy
+    for the next peer with the same model fingerprint and continue from the events delivered,
+    instead of ending the stream.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: Request,
+        peer: NodeRecord,
+        upstream: httpx.Response,
+        in_flight: contextlib.ExitStack,
+    ) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.peer = peer
+        self.upstream = upstream
+        self.in_flight = in_flight
+        self.events = "text/event-stream" in upstream.headers.get("content-type", "")
+        self.delivered = 0  # whole events passed on
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """Relays the peer's bytes as they arrive; closing it (client gone) closes the upstream."""
+        pending = b""
+        try:
+            async for chunk in self.upstream.aiter_bytes():  # decoded: we pass no encoding
+                if not self.events:
+                    yield chunk
+                    continue
+                pending += chunk
+                whole, count, pending = _split_events(pending)
+                if count:
+                    self.delivered += count
+                    yield whole
+        except httpx.HTTPError as exc:
+            broken = self._broken(exc)
+            if broken is not None:
+                yield broken
+        finally:
+            self.in_flight.close()
+            with contextlib.suppress(Exception):
+                await self.upstream.aclose()
+
+    def _broken(self, exc: httpx.HTTPError) -> bytes | None:
+        """The peer broke off after its head: cool it down, count the request as a 502, and
+        end an event stream with the error event the README promises."""
+        self.request.state.failed_status = 502
+        self.gateway.mark_failed(self.peer, f"broke off its answer: {_describe(exc)}")
+        if not self.events:
+            return None  # a JSON body cannot carry an error after its head: it just ends
+        error = APIError(
+            502,
+            f"The peer node {self.peer.node_id[:12]} serving this stream failed: {_describe(exc)}",
+            code="peer_stream_broken",
+        )
+        return format_sse_event(data_str=json.dumps(error.body(), separators=(",", ":")))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _split_events(buffer: bytes) -> tuple[bytes, int, bytes]:
+    """(the whole events at the start of `buffer`, how many, the incomplete rest)."""
+    end = count = 0
+    for match in _EVENT_END.finditer(buffer):
+        end = match.end()
+        count += 1
+    return buffer[:end], count, buffer[end:]
+
+
+def _estimate(body: bytes) -> int:
     try:
-        async for chunk in upstream.aiter_raw():
-            yield chunk
-    finally:
-        in_flight.close()
-        await upstream.aclose()
+        parsed = json.loads(body)
+    except ValueError:
+        return 0
+    return estimate_request_tokens(parsed) if isinstance(parsed, dict) else 0
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        value = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _error_fields(content: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        return {}
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _seconds(value: float) -> str:
+    return str(max(1, round(value)))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _no_capacity(message: str, retry_after: float) -> APIError:
+    return APIError(
+        503,
+        f"{message}; retry in {_seconds(retry_after)} s.",
+        code="no_capacity",
+        headers={"Retry-After": _seconds(retry_after)},
+    )

@@ -58,6 +58,34 @@ class _NodeCollector(Collector):
             "Moving average of decode speed.",
             value=s.tokens_per_second,
         )
+        yield GaugeMetricFamily(
+            "llamanet_aggregate_tokens_per_second",
+            "Decode speed of every stream together, while generating.",
+            value=s.aggregate_tokens_per_second,
+        )
+        yield GaugeMetricFamily("llamanet_slots", "Sequences batched together.", value=s.slots)
+        yield GaugeMetricFamily(
+            "llamanet_slots_busy", "Slots holding a request.", value=s.slots_busy
+        )
+        yield GaugeMetricFamily(
+            "llamanet_batch_tokens", "Tokens in the last decode batch.", value=s.batch_tokens
+        )
+        prompt = CounterMetricFamily(
+            "llamanet_prompt_tokens", "Prompt tokens by how they were served.", labels=["source"]
+        )
+        prompt.add_metric(["evaluated"], s.prompt_tokens_evaluated)
+        prompt.add_metric(["reused"], s.prompt_tokens_reused)
+        yield prompt
+        yield CounterMetricFamily(
+            "llamanet_prefix_cache_hits",
+            "Requests that found part of their prompt already evaluated.",
+            value=s.prefix_cache_hits,
+        )
+        yield CounterMetricFamily(
+            "llamanet_decode_steps",
+            "llama_decode calls of the batching loop.",
+            value=s.decode_steps,
+        )
         peers = int(self.dht_status().get("routing_table_size", 0))
         yield GaugeMetricFamily(
             "llamanet_dht_peers", "Peers in the DHT routing table.", value=peers

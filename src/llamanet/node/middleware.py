@@ -62,6 +62,7 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            status = state.get("failed_status", status)  # a stream that broke after its head
             path, seconds = scope["path"], time.perf_counter() - started
             endpoint = path if path in self.endpoints else "other"
             self.metrics.observe_request(endpoint, status or 499, seconds)

@@ -1,12 +1,14 @@
 """A running node: its engine, identity, DHT presence and counters, started and stopped together.
 
 The node is what the HTTP routes read (`request.app.state.node`); what it offers them is named and
-small: `settings`, `node_id`, `engine`, `gateway`, `metrics`, `started_at`, `load_error`,
-`ready`/`loading`, `models()`, `status()`, `info()`, `find_nodes()`, `dht_status()`. The gateway
-and the metrics collector get callables at construction, never the node.
+small: `settings`, `node_id`, `engine`, `embeddings`, `gateway`, `metrics`, `started_at`,
+`load_error`, `ready`/`loading`, `capabilities()`, `models()`, `status()`, `info()`,
+`find_nodes()`, `dht_status()`. The gateway and the metrics collector get callables at
+construction, never the node.
 
-`LlamaNetNode(settings, engine=...)` serves the given engine instead of loading a model, and
-`dht=False` starts neither the DHT nor the gateway: an in-process node for tests.
+`LlamaNetNode(settings, engine=..., embeddings=...)` serves the given engine (and embedding
+service) instead of loading a model, and `dht=False` starts neither the DHT nor the gateway: an
+in-process node for tests.
 """
 
 from __future__ import annotations
@@ -19,40 +21,40 @@ from typing import TYPE_CHECKING, Any
 
 from llamanet._version import __version__
 from llamanet.node.config import NodeSettings
-from llamanet.node.engine import LlamaEngine
+from llamanet.node.embeddings import EmbeddingService
+from llamanet.node.engine import LlamaEngine, default_gpu_layers
 from llamanet.node.engine_api import Engine
 from llamanet.node.gateway import Gateway
 from llamanet.node.metrics import Metrics
 from llamanet.node.model_store import model_id_for, resolve_model
 from llamanet.protocol import ModelInfo, NodeInfo, NodeRecord, NodeStatus
+from llamanet.swarm.addresses import parse_hostport
 from llamanet.swarm.identity import NodeIdentity
 from llamanet.swarm.membership import swarm_id
 
 if TYPE_CHECKING:
     from llamanet.swarm.dht import DHTNode, Presence
 
-__all__ = ["LlamaNetNode", "parse_hostport"]
+__all__ = ["LlamaNetNode"]
 
 log = logging.getLogger(__name__)
 announce = logging.getLogger("llamanet.ready")  # addresses: logged whatever the log level
 
-# What every model a node serves can do (in its record and `/v1/models`): a forwarded request
-# that needs one of them goes to a node that lists it.
-CAPABILITIES = ("chat", "completions", "tools", "json_schema", "logprobs")
-
-
-def parse_hostport(value: str, default_port: int = 8001) -> tuple[str, int]:
-    host, sep, port = value.strip().rpartition(":")
-    if not sep:
-        return value.strip(), default_port
-    return host.strip("[]") or "127.0.0.1", int(port)
+# What the generation routes do with any model (`llamanet.node.work`): tool calls, structured
+# output and logprobs are properties of the sampler, not of the model.
+GENERATION_CAPABILITIES = ("chat", "completions", "tools", "json_schema", "logprobs")
 
 
 class LlamaNetNode:
     """Everything one `llamanet node` process runs (see the module docstring)."""
 
     def __init__(
-        self, settings: NodeSettings, *, engine: Engine | None = None, dht: bool = True
+        self,
+        settings: NodeSettings,
+        *,
+        engine: Engine | None = None,
+        dht: bool = True,
+        embeddings: EmbeddingService | None = None,
     ) -> None:
         self.settings = settings
         self._identity = NodeIdentity.load_or_create(settings.home)
@@ -60,6 +62,8 @@ class LlamaNetNode:
         self.url = settings.public_url or f"http://{settings.host}:{settings.port}"
         self.started_at = time.time()
         self.engine: Engine | None = engine  # the node owns it: closed by `stop()`
+        # `/v1/embeddings`: made with the model it embeds with (lazily loaded: see embeddings.py)
+        self.embeddings: EmbeddingService | None = embeddings
         self.load_error: str | None = None
         self.gateway: Gateway | None = None
         self.metrics = Metrics(status=self.status, dht_status=self.dht_status)
@@ -88,7 +92,10 @@ class LlamaNetNode:
                 heartbeat=s.heartbeat,
                 request_timeout=s.request_timeout,
                 on_forwarded=self._count_forwarded,
+                first_byte_timeout=s.first_byte_timeout,
             )
+            if self._dht is not None:  # a node that leaves is dropped at once, not at a refresh
+                self._dht.on_withdrawn(self.gateway.withdrawn)
             self.gateway.start()
 
     def _count_forwarded(self) -> None:
@@ -99,15 +106,24 @@ class LlamaNetNode:
         try:
             path = await asyncio.to_thread(resolve_model, s.model, s.models_dir)
             model_id = s.model_id or model_id_for(path)
-            log.info("loading model %s from %s (n_ctx=%d)", model_id, path, s.n_ctx)
+            log.info("loading model %s from %s (n_ctx=%d per slot)", model_id, path, s.n_ctx)
             self.engine = await LlamaEngine.load(
                 path,
                 model_id=model_id,
                 n_ctx=s.n_ctx,
                 n_threads=s.n_threads or os.cpu_count(),
                 n_batch=s.n_batch,
+                parallel=s.parallel,
                 queue_size=s.queue_size,
+                n_gpu_layers=s.n_gpu_layers,
             )
+            if s.embeddings and self.embeddings is None:
+                self.embeddings = EmbeddingService(
+                    path,
+                    n_ctx=s.n_ctx,
+                    n_threads=s.n_threads or os.cpu_count(),
+                    queue_size=s.queue_size,
+                )
             log.info("model %s ready", model_id)
             if self._presence is not None:  # announce the model now, not at the next heartbeat
                 await self._presence.beat()
@@ -131,7 +147,12 @@ class LlamaNetNode:
         announce.info("DHT listening on udp %s:%s", s.dht_host or s.host, dht.port)
         peers = [parse_hostport(p) for p in s.bootstrap]
         self._presence = Presence(
-            dht, self._identity, self._describe, heartbeat=s.heartbeat, bootstrap=peers
+            dht,
+            self._identity,
+            self._describe,
+            heartbeat=s.heartbeat,
+            bootstrap=peers,
+            peers_file=s.home / "peers.json",  # to rejoin after a restart, bootstrap or not
         )
         await self._presence.start()
 
@@ -148,6 +169,8 @@ class LlamaNetNode:
                 log.warning("could not withdraw from the DHT: %s", exc)
         if self._dht is not None:
             await self._dht.stop()
+        if self.embeddings is not None:
+            await self.embeddings.close()
         if self.engine is not None:
             await self.engine.close()
 
@@ -163,6 +186,15 @@ class LlamaNetNode:
         """The model is still being loaded (it has not failed)."""
         return self.engine is None and not self.settings.no_model and self.load_error is None
 
+    def capabilities(self) -> list[str]:
+        """What this node serves of its model: its record and `/v1/models` advertise it."""
+        if self.engine is None:
+            return []
+        served = list(GENERATION_CAPABILITIES)
+        if self.embeddings is not None:
+            served.append("embeddings")
+        return served
+
     def models(self) -> list[ModelInfo]:
         e = self.engine
         if e is None:
@@ -172,7 +204,7 @@ class LlamaNetNode:
                 id=e.model_id,
                 n_ctx=e.n_ctx,
                 quantization=e.quantization,
-                capabilities=list(CAPABILITIES),
+                capabilities=self.capabilities(),
             )
         ]
 
@@ -187,6 +219,7 @@ class LlamaNetNode:
             "active": stats.active if stats else 0,
             "queued": stats.queued if stats else 0,
             "capacity": e.capacity if e else 0,
+            "slots": e.parallel if e else 0,
             "tokens_per_second": round(stats.tokens_per_second, 2) if stats else 0.0,
             "ttft_ms": round(stats.ttft_ms, 2) if stats else 0.0,
             "version": __version__,
@@ -223,6 +256,14 @@ class LlamaNetNode:
             requests_rejected=s.requests_rejected if s else 0,
             requests_forwarded=self._requests_forwarded,
             tokens_generated=s.tokens_generated if s else 0,
+            slots=e.parallel if e else 0,
+            slots_busy=s.active if s else 0,
+            aggregate_tokens_per_second=round(s.aggregate_tokens_per_second, 2) if s else 0.0,
+            prompt_tokens_evaluated=s.prompt_tokens_evaluated if s else 0,
+            prompt_tokens_reused=s.prompt_tokens_reused if s else 0,
+            prefix_cache_hits=s.prefix_cache_hits if s else 0,
+            decode_steps=s.decode_steps if s else 0,
+            batch_tokens=s.batch_tokens if s else 0,
         )
 
     def info(self) -> NodeInfo:
@@ -239,6 +280,9 @@ class LlamaNetNode:
             models=self.models(),
             model_path=str(e.model_path) if e else None,
             n_threads=self.settings.n_threads,
+            parallel=e.parallel if e else None,
+            n_gpu_layers=e.n_gpu_layers if e else 0,
+            gpu_offload_supported=default_gpu_layers() != 0,
             started_at=self.started_at,
             metadata=meta,
         )

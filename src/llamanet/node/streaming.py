@@ -34,12 +34,13 @@ def sse_json(obj: Any) -> bytes:
     return sse(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
 
-def usage_of(result: GenerationResult) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-    }
+def usage_of(result: GenerationResult) -> Usage:
+    """The token counts of a generation, as every response and stream reports them."""
+    return Usage(
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
 
 
 class ChunkFormat:
@@ -234,7 +235,7 @@ class NativeFormat(ChunkFormat):
                 {
                     "finished": True,
                     "finish_reason": event.finish_reason,
-                    "usage": usage_of(result),
+                    "usage": usage_of(result).model_dump(),
                     "tokens_per_second": round(result.tokens_per_second, 2),
                     "ttft_ms": round(result.ttft_ms, 2),
                     **self._logprobs(event.logprobs),

@@ -70,7 +70,7 @@ def logit_bias(bias: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int, 
                 f"logit_bias names token id {token}, which is not in this model's vocabulary "
                 f"(token ids 0 to {n_vocab - 1}).",
                 param="logit_bias",
-                code="token_not_in_vocabulary",
+                code="invalid_token",
             )
         pairs.append((token, value))
     return tuple(sorted(pairs))

@@ -9,13 +9,12 @@ only bounds replays (a record issued longer ago than its ttl plus `CLOCK_SKEW` i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
@@ -23,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from llamanet.protocol import ModelInfo, NodeRecord
-from llamanet.swarm.identity import NodeIdentity
+from llamanet.swarm.identity import NodeIdentity, node_id_for
+
+_T = TypeVar("_T")
 
 MAX_RECORD_BYTES: Final = 1024  # encoded (wire) size; a typical record is ~250 bytes
 CLOCK_SKEW: Final = 300.0  # seconds of clock difference tolerated on `issued_at`
@@ -102,6 +103,24 @@ def make_tombstone(
     return sign_record(identity, **fields, seq=seq, ttl=record.ttl if ttl is None else ttl)
 
 
+def newest_per_node(
+    items: Iterable[_T], record_of: Callable[[_T], NodeRecord] | None = None
+) -> dict[str, _T]:
+    """One item per node id: the one whose record has the highest seq (the first seen on a tie).
+
+    Records of one node are ordered by `seq` alone. `items` are records, or anything holding
+    one when `record_of` picks it out (a DHT lookup's entries, a cache's).
+    """
+    get: Callable[[_T], NodeRecord] = record_of or (lambda item: cast(NodeRecord, item))
+    best: dict[str, _T] = {}
+    for item in items:
+        record = get(item)
+        held = best.get(record.node_id)
+        if held is None or record.seq > get(held).seq:
+            best[record.node_id] = item
+    return best
+
+
 def remaining_ttl(record: NodeRecord, now: float | None = None) -> float:
     """Seconds of life left for a record issued by this machine's clock (own records)."""
     now = time.time() if now is None else now
@@ -128,23 +147,17 @@ def encode_record(record: NodeRecord) -> bytes:
     return packed
 
 
-_MODEL_POSITIONAL: Final = ("id", "n_ctx", "quantization")
-
-
 def _encode_model(model: dict[str, Any]) -> list[Any]:
-    """`[id, n_ctx, quantization]`, then a map of the other fields set (capabilities, ...)."""
-    out: list[Any] = [model["id"], model["n_ctx"], model.get("quantization")]
-    rest = {k: v for k, v in model.items() if k not in _MODEL_POSITIONAL}
-    if rest:
-        out.append(rest)
-    return out
+    """`[id, n_ctx, quantization]`, plus the capabilities list when there is one."""
+    wire = [model["id"], model["n_ctx"], model.get("quantization")]
+    if model.get("capabilities"):
+        wire.append(model["capabilities"])
+    return wire
 
 
-def _decode_model(value: list[Any]) -> ModelInfo:
-    rest = value[3] if len(value) > 3 else {}
-    if not isinstance(rest, dict):
-        raise TypeError("a model's extra fields must be a map")
-    return ModelInfo(id=value[0], n_ctx=value[1], quantization=value[2], **rest)
+def _decode_model(wire: list[Any]) -> ModelInfo:
+    capabilities = wire[3] if len(wire) > 3 else []
+    return ModelInfo(id=wire[0], n_ctx=wire[1], quantization=wire[2], capabilities=capabilities)
 
 
 def decode_record(data: bytes) -> NodeRecord:
@@ -244,7 +257,7 @@ def check_record(
         raise InvalidRecord("malformed", "public_key is not hex") from exc
     if len(public_key) != 32:
         raise InvalidRecord("malformed", "public_key is not 32 bytes")
-    if hashlib.sha1(public_key).hexdigest() != record.node_id:
+    if node_id_for(public_key) != record.node_id:
         raise InvalidRecord("id_mismatch")
     if not 0 <= record.seq < 1 << 63:
         raise InvalidRecord("malformed", "seq out of range")

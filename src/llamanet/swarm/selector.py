@@ -13,11 +13,12 @@ import statistics
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from llamanet.protocol import NodeRecord
+from llamanet.swarm.records import newest_per_node
 
-__all__ = ["NodeSelector"]
+__all__ = ["NodeSelector", "offers"]
 
 _T = TypeVar("_T")
 
@@ -76,6 +77,7 @@ class NodeSelector:
         self._rtt: dict[str, float] = {}
         self._fail_streak: dict[str, int] = {}
         self._cooldown_until: dict[str, float] = {}
+        self._failed_start: dict[str, float] = {}  # node id -> started_at of what failed
         self._rr_counter = 0
 
     # ------------------------------------------------------------------ ranking
@@ -88,10 +90,21 @@ class NodeSelector:
         prompt_tokens: int = 0,
         max_tokens: int = 0,
         exclude: Collection[str] = (),
+        capability: str | None = None,
     ) -> list[NodeRecord]:
-        """Eligible nodes for a request, best first (an empty list if none qualifies)."""
+        """Eligible nodes for a request, best first (an empty list if none qualifies).
+
+        `capability` (e.g. "embeddings"): only nodes whose record advertises it for the model.
+        """
         needed = prompt_tokens + max_tokens
-        candidates = [r for r in _unique(records) if self._eligible(r, model, needed, exclude)]
+        unique = _unique(records)
+        for record in unique:
+            self._note_restart(record)
+        candidates = [
+            r
+            for r in unique
+            if self._eligible(r, model, needed, exclude) and offers(r, model, capability)
+        ]
         if not candidates:
             return []
         return self._order(candidates)
@@ -104,6 +117,7 @@ class NodeSelector:
         prompt_tokens: int = 0,
         max_tokens: int = 0,
         exclude: Collection[str] = (),
+        capability: str | None = None,
     ) -> NodeRecord | None:
         """The best eligible node, or None."""
         ranked = self.rank(
@@ -112,6 +126,7 @@ class NodeSelector:
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
             exclude=exclude,
+            capability=capability,
         )
         return ranked[0] if ranked else None
 
@@ -211,25 +226,38 @@ class NodeSelector:
 
     # ------------------------------------------------------------------ failures
 
-    def mark_failed(self, node_id: str, *, retry_after: float | None = None) -> float:
+    def mark_failed(
+        self, node_id: str, *, retry_after: float | None = None, started_at: float | None = None
+    ) -> float:
         """Put a node in cooldown; returns its length in seconds.
 
         The cooldown doubles with each consecutive failure (from `cooldown_base` up to
-        `cooldown_max`); a `retry_after` the node asked for (503 / 429) lengthens it, within
-        the same cap.
+        `cooldown_max`); a `retry_after` the node asked for lengthens it, within the same cap.
+        `started_at` is that of the record the failure was seen with: a record of a later
+        incarnation (the node restarted) ends the cooldown and the streak (`rank()` checks).
         """
         streak = self._fail_streak.get(node_id, 0) + 1
         self._fail_streak[node_id] = streak
-        seconds = min(self.cooldown_base * 2 ** min(streak - 1, 62), self.cooldown_max)
+        seconds = min(self.cooldown_base * 2.0 ** min(streak - 1, 62), self.cooldown_max)
         if retry_after is not None and retry_after > seconds:
             seconds = min(retry_after, self.cooldown_max)
         self._cooldown_until[node_id] = self._clock() + seconds
+        if started_at is not None:
+            self._failed_start[node_id] = max(started_at, self._failed_start.get(node_id, 0.0))
         return seconds
 
     def mark_ok(self, node_id: str) -> None:
         """A request succeeded: forget the failure streak and any cooldown."""
         self._fail_streak.pop(node_id, None)
         self._cooldown_until.pop(node_id, None)
+        self._failed_start.pop(node_id, None)
+
+    def _note_restart(self, record: NodeRecord) -> None:
+        """A record from a later incarnation than the one that failed: the past is forgotten
+        (a restarted node must not pay for its predecessor's failures)."""
+        failed = self._failed_start.get(record.node_id)
+        if failed is not None and record.started_at > failed:
+            self.mark_ok(record.node_id)
 
     def in_cooldown(self, node_id: str) -> bool:
         return self.cooldown_remaining(node_id) > 0
@@ -261,26 +289,16 @@ class NodeSelector:
         """The smoothed round-trip time to a node, None if never measured."""
         return self._rtt.get(node_id)
 
-    def forget(self, node_id: str) -> None:
-        """Drop what was learned about a node that left (its in-flight count is kept)."""
-        for table in (self._rtt, self._fail_streak, self._cooldown_until):
-            table.pop(node_id, None)
 
-    def stats(self) -> dict[str, Any]:
-        """A snapshot for diagnostics."""
-        return {
-            "strategy": self.strategy,
-            "in_flight": dict(self._in_flight),
-            "rtt": dict(self._rtt),
-            "cooldown": {n: self.cooldown_remaining(n) for n in list(self._cooldown_until)},
-        }
+def offers(record: NodeRecord, model: str | None, capability: str | None) -> bool:
+    """Whether the record advertises `capability` for `model` (any of its models for None)."""
+    if capability is None:
+        return True
+    return any(
+        capability in info.capabilities for info in record.models if model in (None, info.id)
+    )
 
 
 def _unique(records: Iterable[NodeRecord]) -> list[NodeRecord]:
     """One record per node id: the one with the highest seq."""
-    best: dict[str, NodeRecord] = {}
-    for record in records:
-        held = best.get(record.node_id)
-        if held is None or record.seq > held.seq:
-            best[record.node_id] = record
-    return list(best.values())
+    return list(newest_per_node(records).values())

@@ -21,7 +21,7 @@ from llamanet.node.choices import ChoiceEnd, ChoiceEvent, choice_events, collect
 from llamanet.node.disconnect import unless_disconnected
 from llamanet.node.engine import QueueFull
 from llamanet.node.engine_api import Engine
-from llamanet.node.errors import APIError, model_not_found
+from llamanet.node.errors import APIError, capability_not_served, model_not_found
 from llamanet.node.gateway import is_forwarded
 from llamanet.node.node import LlamaNetNode
 from llamanet.node.streaming import ChunkFormat, event_stream
@@ -69,13 +69,28 @@ def _cannot_serve(request: Request, model: str | None) -> APIError:
 
 
 async def serve(
-    request: Request, model: str | None, max_tokens: int | None, local: LocalHandler
+    request: Request,
+    model: str | None,
+    max_tokens: int | None,
+    local: LocalHandler,
+    *,
+    capability: str | None = None,
 ) -> Response:
-    """Serves locally when this node has the model and room; otherwise forwards to a peer."""
+    """Serves locally when this node has the model and room; otherwise forwards to a peer.
+
+    `capability` (e.g. "embeddings"): served here only if this node offers it, forwarded only
+    to peers whose record advertises it.
+    """
     node = node_of(request)
     gateway = node.gateway if not is_forwarded(request) else None
     engine = _local_engine(request, model)
     wanted = None if model in (None, "", SWARM_ALIAS) else model  # the alias: any model
+    if engine is not None and capability is not None and capability not in node.capabilities():
+        if gateway is None:
+            raise capability_not_served(capability, engine.model_id)
+        return await gateway.forward(
+            request, wanted, reason=f"no {capability} here", capability=capability
+        )
     if engine is not None:
         try:
             return await local(engine)
@@ -84,13 +99,21 @@ async def serve(
                 raise
             with contextlib.suppress(APIError):
                 return await gateway.forward(
-                    request, wanted, max_tokens=max_tokens or 0, reason="local queue full"
+                    request,
+                    wanted,
+                    max_tokens=max_tokens or 0,
+                    reason="local queue full",
+                    capability=capability,
                 )
             raise
     if gateway is None:
         raise _cannot_serve(request, model)
     return await gateway.forward(
-        request, wanted, max_tokens=max_tokens or 0, reason="model not served here"
+        request,
+        wanted,
+        max_tokens=max_tokens or 0,
+        reason="model not served here",
+        capability=capability,
     )
 
 

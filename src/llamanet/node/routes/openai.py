@@ -56,12 +56,21 @@ async def list_models(request: Request, local: bool = False) -> ModelList:
             ]
         )
     swarm = node.gateway.swarm_models()
-    local_caps = {m.id: m.capabilities for m in node.models()}
+    served: dict[str, set[str]] = {}  # model id -> what at least one node serves of it
     for m in node.models():  # this node even before its first lookup finished
         swarm.setdefault(m.id, (1, m.n_ctx))
+        served.setdefault(m.id, set()).update(m.capabilities)
+    for record in node.gateway.records:
+        for m in record.models:
+            served.setdefault(m.id, set()).update(m.capabilities)
     return ModelList(
         data=[
-            ModelCard(id=model_id, nodes=count, n_ctx=n_ctx, capabilities=local_caps.get(model_id))
+            ModelCard(
+                id=model_id,
+                nodes=count,
+                n_ctx=n_ctx,
+                capabilities=sorted(served.get(model_id, ())),
+            )
             for model_id, (count, n_ctx) in sorted(swarm.items())
         ]
     )

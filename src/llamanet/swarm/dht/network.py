@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from kademlia.network import Server
@@ -36,7 +36,7 @@ from llamanet.swarm.dht.rpc import Address
 from llamanet.swarm.dht.storage import RecordStorage, WireEntry
 from llamanet.swarm.dht.validation import RecordValidator
 from llamanet.swarm.identity import NodeIdentity
-from llamanet.swarm.records import encode_record, remaining_ttl, verify_record
+from llamanet.swarm.records import encode_record, newest_per_node, remaining_ttl, verify_record
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +268,27 @@ class DHTNode:
         self.last_publish = time.time()
 
     async def withdraw(self, record: NodeRecord) -> None:
-        """Publish a tombstone (signed, `withdrawn=True`, higher seq): lookups drop the node."""
+        """Publish a tombstone (signed, `withdrawn=True`, higher seq): lookups drop the node.
+
+        Besides the replicas of its keys, every contact in the routing table is handed it
+        directly (under `node:<id>`, a key any peer may hold): the peers this node knows are
+        the ones likely to route to it, and their caches drop it as soon as it arrives
+        (`on_withdrawn`) instead of at their next lookup.
+        """
         if not record.withdrawn:
             raise ValueError("withdraw() takes a tombstone (withdrawn=True)")
         await self.publish(record)
+        dkey = digest(node_key(record.node_id))
+        told = {node.id for node in self._replicas.get(dkey, ([], 0.0))[0]}
+        contacts = [node for node in self.protocol.router.contacts() if node.id not in told]
+        if contacts:
+            entry: WireEntry = [encode_record(record), round(remaining_ttl(record), 3)]
+            futures = self.protocol.put_many(contacts, dkey, [entry])
+            await asyncio.wait(futures, timeout=self.protocol.straggler_timeout())
+
+    def on_withdrawn(self, callback: Callable[[NodeRecord], None]) -> None:
+        """Call `callback(tombstone)` when a peer's tombstone reaches this node's storage."""
+        self.storage.on_withdrawn(callback)
 
     async def _store(self, dkey: bytes, entry: WireEntry) -> None:
         self.storage.put(dkey, entry[0], entry[1])  # own record: always held locally too
@@ -302,12 +319,9 @@ class DHTNode:
         newest seq per node; withdrawn nodes are left out."""
         keys = [model_key(model)] if model is not None else all_nodes_keys()
         results = await asyncio.gather(*(self._lookup(key) for key in keys))
-        merged: dict[str, Found] = {}
-        for found in results:
-            for node_id, item in found.items():
-                current = merged.get(node_id)
-                if current is None or item.record.seq > current.record.seq:
-                    merged[node_id] = item
+        merged = newest_per_node(
+            (item for found in results for item in found.values()), lambda item: item.record
+        )
         now = time.monotonic()
         return sorted(
             (
@@ -383,6 +397,17 @@ class DHTNode:
         ]
         stale.sort(key=lambda node: protocol.last_seen.get((node.ip, node.port), 0.0))
         await asyncio.gather(*(protocol.call_ping(node) for node in stale[:PROBES_PER_ROUND]))
+
+    def contacts(self) -> list[Address]:
+        """The addresses of the peers in the routing table, most recently heard from first."""
+        protocol: DHTProtocol | None = self._server.protocol  # None until started
+        if protocol is None:
+            return []
+        seen = protocol.last_seen
+        nodes = sorted(
+            protocol.router.contacts(), key=lambda n: seen.get((n.ip, n.port), 0.0), reverse=True
+        )
+        return [(node.ip, node.port) for node in nodes]
 
     def status(self) -> dict[str, Any]:
         protocol = self._server.protocol

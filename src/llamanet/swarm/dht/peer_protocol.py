@@ -277,6 +277,7 @@ class DHTProtocol(KademliaProtocol, MsgpackRPCProtocol):
             self.welcome_if_new(node)
         else:
             self._confirmed.pop(node.id, None)
+            self._welcomed.pop(node.id, None)  # should it come back, it is a newcomer again
             self.router.remove_contact(node)
         return result
 

@@ -6,10 +6,12 @@ from the wall clock in milliseconds, so a restarted node's records supersede its
 incarnation issues far fewer than one record per millisecond; should the clock have gone back,
 the old records are forgotten within their ttl anyway).
 
-`start()` makes one bootstrap attempt (bounded by about 2 * rpc_timeout) so the first record
-reaches the swarm at once; after that, while the routing table is empty and bootstrap peers were
-given, it keeps retrying them in the background with capped exponential backoff. Nothing here
-ever raises into the node.
+`start()` makes one join attempt (bounded by about 2 * rpc_timeout) through the bootstrap peers
+and the peers this node knew before it restarted (`KnownPeers`, a file in its home), so the first
+record reaches the swarm at once; after that, whenever the routing table is empty, it keeps
+retrying both in the background with capped exponential backoff. The contacts it has are saved
+every heartbeat, so even the first node of a swarm (started without bootstrap peers) finds its
+way back after a restart. Nothing here ever raises into the node.
 """
 
 from __future__ import annotations
@@ -20,17 +22,20 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from llamanet.protocol import NodeRecord
+from llamanet.swarm.dht.known_peers import KnownPeers
 from llamanet.swarm.dht.network import DHTNode
+from llamanet.swarm.dht.rpc import Address
 from llamanet.swarm.identity import NodeIdentity
 from llamanet.swarm.records import make_tombstone, sign_record
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START: Final = 1.0
-BACKOFF_MAX: Final = 60.0
+BACKOFF_MAX: Final = 30.0
 _SIGNED_HERE: Final = frozenset(
     {"node_id", "public_key", "seq", "issued_at", "ttl", "withdrawn", "signature"}
 )
@@ -45,6 +50,7 @@ class Presence:
         *,
         heartbeat: float = 10.0,
         bootstrap: Sequence[tuple[str, int]] = (),
+        peers_file: Path | None = None,
     ) -> None:
         if heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
@@ -53,6 +59,7 @@ class Presence:
         self.describe = describe
         self.heartbeat = heartbeat
         self.bootstrap_peers = [(str(host), int(port)) for host, port in bootstrap]
+        self.known = KnownPeers(peers_file)
         self.seq = 0
         self.record: NodeRecord | None = None
         self.last_heartbeat: float | None = None
@@ -70,13 +77,17 @@ class Presence:
         """One bounded bootstrap attempt (if needed), the first publish, then the loops."""
         if self._tasks:
             return
+        await self.known.load()
+        if self._join_targets() and self.bootstrap_state == "none":
+            self.bootstrap_state = "pending"
         if self._needs_bootstrap():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._try_bootstrap(), 2 * self.dht.rpc_timeout + 1)
         await self.beat()
-        self._tasks = [asyncio.create_task(self._heartbeats())]
-        if self.bootstrap_peers:
-            self._tasks.append(asyncio.create_task(self._stay_joined()))
+        self._tasks = [
+            asyncio.create_task(self._heartbeats()),
+            asyncio.create_task(self._stay_joined()),
+        ]
 
     async def stop(self) -> None:
         """Stop the loops and publish a tombstone (bounded in time, never raises)."""
@@ -86,6 +97,7 @@ class Presence:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        await self._save_contacts()
         async with self._lock:
             if self.record is None or self.record.withdrawn:
                 return
@@ -122,20 +134,35 @@ class Presence:
                 deadline, delay = time.monotonic() + self.heartbeat, self.heartbeat
             await asyncio.sleep(delay)
             await self.beat()
+            await self._save_contacts()
+
+    async def _save_contacts(self) -> None:
+        try:
+            await self.known.remember(self.dht.contacts())
+        except Exception as exc:  # best effort: it only speeds up a restart
+            log.debug("could not remember the contacts: %r", exc)
+
+    def _join_targets(self) -> list[Address]:
+        """Bootstrap peers first, then the peers known from before (own address left out)."""
+        own = {self.dht.address, ("127.0.0.1", self.dht.port)}
+        targets = [*self.bootstrap_peers, *self.known.peers]
+        return [addr for addr in dict.fromkeys(targets) if addr not in own]
 
     def _needs_bootstrap(self) -> bool:
-        return bool(self.bootstrap_peers) and self.dht.status()["routing_table_size"] == 0
+        return bool(self._join_targets()) and self.dht.status()["routing_table_size"] == 0
 
     async def _try_bootstrap(self) -> bool:
         self.bootstrap_attempts += 1
+        targets = self._join_targets()
         try:
-            known = await self.dht.bootstrap(self.bootstrap_peers)
+            known = await self.dht.bootstrap(targets)
         except Exception as exc:  # bootstrap() should not raise; be safe anyway
             known = 0
             self.last_error = repr(exc)
         self.bootstrap_state = "joined" if known else "retrying"
         if not known:
-            log.info("bootstrap through %s found no peer; retrying", self._peer_names())
+            names = ", ".join(f"{host}:{port}" for host, port in targets)
+            log.info("joining through %s found no peer; retrying", names)
         return known > 0
 
     async def _stay_joined(self) -> None:
@@ -144,7 +171,8 @@ class Presence:
         while True:
             if not self._needs_bootstrap():
                 backoff = BACKOFF_START
-                self.bootstrap_state = "joined"  # (also when joined some other way)
+                if self.dht.status()["routing_table_size"]:
+                    self.bootstrap_state = "joined"  # (also when joined some other way)
                 await asyncio.sleep(min(self.heartbeat, 5.0))
                 continue
             if await self._try_bootstrap():
@@ -164,6 +192,7 @@ class Presence:
             "seq": self.seq,
             "last_heartbeat": self.last_heartbeat,
             "bootstrap": self._peer_names(),
+            "known_peers": [f"{host}:{port}" for host, port in self.known.peers],
             "bootstrap_state": self.bootstrap_state,
             "bootstrap_attempts": self.bootstrap_attempts,
             "last_error": self.last_error,

@@ -10,10 +10,11 @@ entries bound what one flooder can make a node hold. (docs/dht.md, defects 1 and
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from llamanet.protocol import NodeRecord
 from llamanet.swarm.dht.keys import digests_for
 from llamanet.swarm.dht.validation import RecordValidator, read_ttl
 from llamanet.swarm.records import CLOCK_SKEW, InvalidRecord
+
+log = logging.getLogger(__name__)
 
 WireEntry = list[Any]  # [wire bytes, remaining ttl seconds]: what peers exchange
 
@@ -61,10 +64,16 @@ class RecordStorage(IStorage):
         # dropped from storage (expired, tombstoned) must not come back through a replay while its
         # signature could still pass (its ttl plus the allowed clock skew)
         self._last_seq: dict[str, tuple[int, float]] = {}
+        self._on_withdrawn: list[Callable[[NodeRecord], None]] = []
 
     @property
     def rejected(self) -> Counter[str]:
         return self.validator.rejected
+
+    def on_withdrawn(self, callback: Callable[[NodeRecord], None]) -> None:
+        """Call `callback(tombstone)` whenever a newer tombstone is stored: the node it names
+        left, and whoever caches its records should drop them now."""
+        self._on_withdrawn.append(callback)
 
     # ------------------------------------------------------------------ writes
 
@@ -123,7 +132,16 @@ class RecordStorage(IStorage):
         if source is not None:
             self._per_source[source] += 1
         self._next_expiry[key] = min(self._next_expiry.get(key, math.inf), expires)
+        if record.withdrawn:
+            self._announce_withdrawal(record)
         return True
+
+    def _announce_withdrawal(self, tombstone: NodeRecord) -> None:
+        for callback in self._on_withdrawn:
+            try:
+                callback(tombstone)
+            except Exception:  # a listener's bug must not make storage refuse records
+                log.exception("a withdrawal listener failed")
 
     def merge(self, key: bytes, entries: Iterable[object], source: str | None = None) -> int:
         """Store a batch of `[wire, remaining ttl]` entries; returns how many were accepted."""

@@ -1,0 +1,42 @@
+"""The inference engine: continuous batching over one llama.cpp context.
+
+`LlamaEngine` (admission, the async API, counters) hands jobs to the `Scheduler` (the worker
+thread's step loop), which places them in slots (`_slots`: prefix reuse), samples each sequence
+with its own chain (`_sampler`) and holds back possible stop sequences (`_stops`).
+"""
+
+from llamanet.node.engine._engine import LlamaEngine, default_gpu_layers, default_parallel
+from llamanet.node.engine._job import Job
+from llamanet.node.engine._stops import StopMatcher
+from llamanet.node.engine._types import (
+    ContextLengthExceeded,
+    EngineClosed,
+    EngineError,
+    EngineStats,
+    GenerationFailed,
+    GenerationResult,
+    Piece,
+    QueueFull,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+)
+
+__all__ = [
+    "ContextLengthExceeded",
+    "EngineClosed",
+    "EngineError",
+    "EngineStats",
+    "GenerationFailed",
+    "GenerationResult",
+    "Job",
+    "LlamaEngine",
+    "Piece",
+    "QueueFull",
+    "SamplingParams",
+    "StopMatcher",
+    "TokenLogprob",
+    "TopLogprob",
+    "default_gpu_layers",
+    "default_parallel",
+]

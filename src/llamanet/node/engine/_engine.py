@@ -1,0 +1,408 @@
+"""`LlamaEngine`: one model, `parallel` slots batched together, a bounded FIFO queue behind them.
+
+Requests are admitted synchronously on the event loop (a full queue becomes an HTTP 503, a
+prompt that cannot fit a 400, before any response starts); the `Scheduler` on the worker thread
+runs them `parallel` at a time in one llama context (see `_scheduler.py`). The `Llama` object
+serves tokenization, the chat template and metadata only; its own context is tiny.
+
+Memory: the KV cache holds `parallel x n_ctx` tokens (unified across the slots, so a prefix
+shared by several slots is stored once); it is logged at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from llama_cpp import llama_cpp as C
+
+from llamanet.node.engine._job import Done, Failed, Job
+from llamanet.node.engine._scheduler import Scheduler
+from llamanet.node.engine._types import (
+    ContextLengthExceeded,
+    EngineClosed,
+    EngineStats,
+    GenerationFailed,
+    GenerationResult,
+    Piece,
+    QueueFull,
+    SamplingParams,
+)
+
+__all__ = ["LlamaEngine", "default_gpu_layers", "default_parallel"]
+
+log = logging.getLogger("llamanet.node.engine")
+
+_FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_EMA = 0.3
+PREFILL_CHUNK = 256  # prompt tokens per step while other sequences generate
+
+
+def _ema(previous: float, sample: float) -> float:
+    """Exponential moving average; the first sample is taken as is."""
+    return sample if not previous else (1 - _EMA) * previous + _EMA * sample
+
+
+def default_parallel() -> int:
+    """Slots when `--parallel` is not given: 2 per core, at most 8. On a CPU the aggregate
+    throughput of a small model keeps growing up to about 8 sequences (llama-server's curve
+    too); beyond that each stream only gets slower."""
+    return max(1, min(8, 2 * (os.cpu_count() or 1)))
+
+
+def default_gpu_layers() -> int:
+    """Every layer on the GPU when llama.cpp was built with a GPU backend, else none."""
+    return -1 if C.llama_supports_gpu_offload() else 0
+
+
+class LlamaEngine:
+    """Owns one model; `submit` admits a request, `stream`/`run` consume it."""
+
+    def __init__(
+        self,
+        llm: Any,
+        *,
+        model_path: Path,
+        model_id: str,
+        n_ctx: int,
+        parallel: int,
+        queue_size: int,
+        n_threads: int,
+        n_batch: int = 512,
+        n_gpu_layers: int = 0,
+    ) -> None:
+        if parallel < 1:
+            raise ValueError("parallel must be at least 1")
+        self.llm = llm
+        self.model_path = model_path
+        self.model_id = model_id
+        self.n_ctx = n_ctx  # per slot
+        self.parallel = parallel
+        self.queue_size = queue_size
+        self.n_gpu_layers = n_gpu_layers
+        self.metadata: dict[str, str] = dict(llm.metadata)
+        self.stats = EngineStats()
+        self._closed = False
+        self._chat_template = self._make_chat_formatter()
+        model = llm._model.model
+        self._vocab = C.llama_model_get_vocab(model)
+        self.n_vocab: int = C.llama_vocab_n_tokens(self._vocab)
+        self._ctx = self._make_context(model, n_threads, n_batch)
+        self._window: list[float] = [time.perf_counter(), 0.0, 0]  # last step, busy s, tokens
+        self._scheduler = Scheduler(
+            ctx=self._ctx,
+            vocab=self._vocab,
+            n_vocab=self.n_vocab,
+            parallel=parallel,
+            n_batch=n_batch,
+            prefill_chunk=PREFILL_CHUNK,
+            piece=self._piece_bytes,
+            is_eog=lambda token: bool(C.llama_vocab_is_eog(self._vocab, token)),
+            on_step=self._on_step,
+        )
+        self._worker = threading.Thread(
+            target=self._scheduler.run, name="llamanet-engine", daemon=True
+        )
+        self._worker.start()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    async def load(
+        cls,
+        model_path: Path,
+        *,
+        model_id: str,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        parallel: int | None = None,
+        queue_size: int = 8,
+        n_gpu_layers: int | None = None,
+    ) -> LlamaEngine:
+        """Loads the model on a thread (it takes a moment) and starts the worker."""
+        threads = n_threads or os.cpu_count() or 1
+        gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
+
+        def _load() -> Any:
+            from llama_cpp import Llama
+
+            # the Llama object's own context only tokenizes: keep its KV cache tiny
+            return Llama(
+                model_path=str(model_path),
+                n_ctx=64,
+                n_batch=64,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=gpu_layers,
+                verbose=False,
+            )
+
+        llm = await asyncio.to_thread(_load)
+        return await asyncio.to_thread(
+            cls,
+            llm,
+            model_path=model_path,
+            model_id=model_id,
+            n_ctx=n_ctx,
+            parallel=parallel or default_parallel(),
+            queue_size=queue_size,
+            n_threads=threads,
+            n_batch=n_batch,
+            n_gpu_layers=gpu_layers,
+        )
+
+    def _make_context(self, model: Any, n_threads: int, n_batch: int) -> Any:
+        params = C.llama_context_default_params()
+        params.n_ctx = self.parallel * self.n_ctx
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = self.parallel
+        params.n_threads = params.n_threads_batch = n_threads  # one thread team, not two
+        params.kv_unified = True  # shared prefixes share cells
+        params.no_perf = True
+        ctx = C.llama_init_from_model(model, params)
+        if not ctx:
+            raise GenerationFailed("llama.cpp could not create the context")
+        n_layer = C.llama_model_n_layer(model)
+        n_embd, n_head = C.llama_model_n_embd(model), C.llama_model_n_head(model)
+        kv_dim = n_embd * C.llama_model_n_head_kv(model) // max(n_head, 1)
+        total = C.llama_n_ctx(ctx)
+        kv_mib = 2 * n_layer * kv_dim * 2 * total / 2**20  # K and V, f16
+        log.info(
+            "engine: %d slots x %d tokens (KV cache %d tokens, about %.0f MiB), %d threads, "
+            "batch %d, %d GPU layers",
+            self.parallel, self.n_ctx, total, kv_mib, n_threads, n_batch, self.n_gpu_layers,
+        )  # fmt: skip
+        return ctx
+
+    def _make_chat_formatter(self) -> Any:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.metadata.get("tokenizer.chat_template") or _FALLBACK_CHAT_TEMPLATE
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._piece(self.llm.token_eos()),
+            bos_token=self._piece(self.llm.token_bos()),
+            add_generation_prompt=True,
+        )
+
+    def _piece(self, token: int) -> str:
+        if token < 0:
+            return ""
+        data: bytes = self.llm.detokenize([token], special=True)
+        return data.decode("utf-8", errors="ignore")
+
+    def _piece_bytes(self, token: int) -> bytes:
+        data: bytes = self.llm.detokenize([token])
+        return data
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def capacity(self) -> int:
+        """Requests the node holds at once: one per slot plus the queue."""
+        return self.parallel + self.queue_size
+
+    @property
+    def utilization(self) -> float:
+        return (self.stats.active + self.stats.queued) / self.capacity
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.parallel - self.stats.active)
+
+    @property
+    def quantization(self) -> str | None:
+        name = self.model_path.name.removesuffix(".gguf")
+        tail = name.rsplit(".", 1)[-1] if "." in name else ""
+        return tail if tail.upper().startswith(("Q", "F", "IQ", "BF")) else None
+
+    def retry_after(self) -> int:
+        per_request = self.stats.request_seconds or 2.0
+        waves = max(1, math.ceil(self.stats.queued / self.parallel))
+        return max(1, math.ceil(per_request * waves))
+
+    # ------------------------------------------------------------------ preparing requests
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        prompt: str = self._chat_template(messages=messages).prompt
+        return prompt
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        data: bytes = self.llm.detokenize(list(tokens))
+        return data.decode("utf-8", errors="replace")
+
+    def _tokenize_prompt(self, prompt: str) -> list[int]:
+        tokens: list[int] = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        return tokens
+
+    async def tokenize(
+        self, *, prompt: str | None = None, messages: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Prompt tokens of a completion prompt or of chat messages (template from the GGUF)."""
+        if messages is not None:
+            text = await asyncio.to_thread(self.render_chat, messages)
+            return await asyncio.to_thread(self._tokenize_prompt, text)
+        return await asyncio.to_thread(self._tokenize_prompt, prompt or "")
+
+    def submit(
+        self,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        *,
+        resume_tokens: Sequence[int] = (),
+    ) -> Job:
+        """Admits a request or raises at once (`QueueFull`, `ContextLengthExceeded`).
+
+        `resume_tokens` continues a generation another node started (same model, same prompt):
+        they count as completion tokens already generated and are not sent again."""
+        return self._admit(prompt_tokens, params, 1, list(resume_tokens))[0]
+
+    def submit_n(self, prompt_tokens: list[int], params: SamplingParams, n: int) -> list[Job]:
+        """`n` choices of one prompt: the prompt is evaluated once and its KV shared (the
+        scheduler holds the other choices back until the first one's prefill is done)."""
+        return self._admit(prompt_tokens, params, n, [])
+
+    def _admit(
+        self, prompt: list[int], params: SamplingParams, n: int, resume: list[int]
+    ) -> list[Job]:
+        if self._closed:
+            raise EngineClosed()
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        room = self.n_ctx - len(prompt)
+        max_tokens = params.max_tokens if params.max_tokens is not None else max(room, 0)
+        if len(prompt) + max_tokens > self.n_ctx or room <= 0 or len(resume) > max_tokens:
+            raise ContextLengthExceeded(len(prompt), max_tokens, self.n_ctx)
+        if self.stats.active + self.stats.queued + n > self.capacity:
+            self.stats.requests_rejected += 1
+            raise QueueFull(self.retry_after())
+        loop = asyncio.get_running_loop()
+        jobs = [
+            Job(list(prompt) + resume, max_tokens, params, loop, self, resume=resume, fork=i)
+            for i in range(n)
+        ]
+        self.stats.queued += n
+        self.stats.requests_total += n
+        for job in jobs:
+            self._scheduler.inbox.put(job)
+        return jobs
+
+    # ------------------------------------------------------------------ consuming results
+
+    async def stream(self, job: Job) -> AsyncIterator[Piece | GenerationResult]:
+        """Yields pieces as they are generated, then the `GenerationResult`.
+
+        Closing the iterator early (client gone, timeout, task cancelled) cancels the job: a
+        queued job never starts, a running one stops within one step.
+        """
+        try:
+            while True:
+                item = await job.events.get()
+                if isinstance(item, Piece):
+                    yield item
+                elif isinstance(item, Done):
+                    yield item.result
+                    return
+                else:
+                    raise item.error
+        finally:
+            self._abandon(job)
+
+    async def run(self, job: Job) -> GenerationResult:
+        """Runs a job to the end and returns its result (cancelled if the caller is)."""
+        async for item in self.stream(job):
+            if isinstance(item, GenerationResult):
+                return item
+        raise GenerationFailed("generation ended without a result")  # pragma: no cover
+
+    async def close(self) -> None:
+        """Stops accepting work, fails what is queued or running, joins the worker, frees the
+        context."""
+        if self._closed:
+            return
+        self._closed = True
+        self._scheduler.inbox.put(None)
+        await asyncio.to_thread(self._worker.join, 10.0)
+        if not self._worker.is_alive():
+            C.llama_free(self._ctx)
+
+    # ------------------------------------------------------------------ job hooks (event loop)
+
+    def _abandon(self, job: Job) -> None:
+        """The caller left; a job that never started leaves the queue count at once."""
+        job.cancel.set()
+        if not job.started and not job.finished:
+            job.finished = True
+            self.stats.queued -= 1
+            self.stats.requests_cancelled += 1
+
+    def job_started(self, job: Job, reused: int, evaluated: int) -> None:
+        s = self.stats
+        s.prompt_tokens_reused += reused
+        s.prefix_cache_hits += 1 if reused else 0
+        if job.finished:  # abandoned between the worker's check and now
+            return
+        job.started = True
+        s.queued -= 1
+        s.active += 1
+
+    def job_completed(self, job: Job, result: GenerationResult) -> None:
+        if not job.finished:  # counters first: whoever reads the result sees them final
+            job.finished = True
+            s = self.stats
+            s.active -= 1 if job.started else 0
+            s.tokens_generated += result.completion_tokens - len(job.resume)
+            s.requests_completed += 1
+            s.ttft_ms = _ema(s.ttft_ms, result.ttft_ms)
+            if result.tokens_per_second > 0:
+                s.tokens_per_second = _ema(s.tokens_per_second, result.tokens_per_second)
+            s.request_seconds = _ema(s.request_seconds, result.duration_s)
+        job.events.put_nowait(Done(result))
+
+    def job_cancelled(self, job: Job, tokens: int) -> None:
+        if job.finished:
+            return
+        job.finished = True
+        self.stats.active -= 1 if job.started else 0
+        self.stats.tokens_generated += tokens
+        self.stats.requests_cancelled += 1
+
+    def job_failed(self, job: Job, error: Exception) -> None:
+        if not job.finished:
+            job.finished = True
+            if job.started:
+                self.stats.active -= 1
+            else:
+                self.stats.queued -= 1
+            self.stats.requests_failed += 1
+        job.events.put_nowait(Failed(error))
+
+    # ------------------------------------------------------------------ step stats (worker)
+
+    def _on_step(self, batch_tokens: int, prompt_tokens: int, decode_tokens: int) -> None:
+        s = self.stats
+        s.decode_steps += 1
+        s.batch_tokens = batch_tokens
+        s.prompt_tokens_evaluated += prompt_tokens
+        # aggregate tokens/s over busy time only: a gap between steps means the engine was idle
+        now = time.perf_counter()
+        last, busy, tokens = self._window
+        if now - last < 0.5:
+            busy += now - last
+            tokens += decode_tokens
+        if busy >= 1.0:
+            s.aggregate_tokens_per_second = _ema(s.aggregate_tokens_per_second, tokens / busy)
+            busy, tokens = 0.0, 0
+        self._window = [now, busy, tokens]

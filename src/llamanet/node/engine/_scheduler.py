@@ -1,0 +1,318 @@
+"""The continuous-batching loop: one worker thread, one llama context, `parallel` sequences.
+
+Each step builds one `llama_batch` holding the next token of every generating sequence and,
+within the step's prompt budget, chunks of prompts being prefilled, then calls `llama_decode`
+once and samples every sequence that produced logits with its own sampler chain. Requests join
+between steps (FIFO, a waiting request takes the first free slot); a sequence that finishes or
+whose consumer left frees its slot at once, keeping its KV for prefix reuse.
+
+The stall a long prompt can cause: while other sequences generate, at most `prefill_chunk`
+prompt tokens join a step, so a running stream waits at most one such step per chunk (on this
+2-core machine with the 135M model, 256 prompt tokens are about 60-120 ms) instead of the whole
+prompt. With nothing generating, prompts are evaluated `n_batch` tokens at a time.
+
+Everything here runs on the worker thread; it talks to the event loop only through
+`Job.emit` and `Job.on_loop` (which use `call_soon_threadsafe`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llama_cpp import llama_cpp as C
+
+from llamanet.node.engine._job import Job
+from llamanet.node.engine._sampler import InvalidGrammar, SequenceSampler, token_logprob
+from llamanet.node.engine._slots import Slot, pending_share, place
+from llamanet.node.engine._stops import StopMatcher
+from llamanet.node.engine._types import (
+    EngineClosed,
+    GenerationFailed,
+    GenerationResult,
+    Piece,
+    TokenLogprob,
+)
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger("llamanet.node.engine")
+
+RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks one
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One request holding a slot."""
+
+    job: Job
+    slot: Slot
+    sampler: SequenceSampler
+    reused: int
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    generated: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    sent: int = 0  # generated[:sent] went out in pieces
+    next_token: int | None = None  # sampled, not yet in the KV cache
+    started: float = field(default_factory=time.perf_counter)
+    first: float = 0.0
+    last: float = 0.0
+    new_tokens: int = 0  # generated here (not counting resumed ones)
+
+
+class Scheduler:
+    """Owns the llama context's sequences; `run()` is the worker thread's body."""
+
+    def __init__(
+        self,
+        *,
+        ctx: Any,
+        vocab: Any,
+        n_vocab: int,
+        parallel: int,
+        n_batch: int,
+        prefill_chunk: int,
+        piece: Callable[[int], bytes],
+        is_eog: Callable[[int], bool],
+        on_step: Callable[[int, int, int], None],
+    ) -> None:
+        self.ctx = ctx
+        self.mem = C.llama_get_memory(ctx)
+        self.vocab = vocab
+        self.n_vocab = n_vocab
+        self.n_batch = n_batch
+        self.prefill_chunk = min(prefill_chunk, n_batch)
+        self.piece = piece
+        self.is_eog = is_eog
+        self.on_step = on_step  # (batch tokens, prompt tokens, decode tokens), for the stats
+        self.slots = [Slot(seq_id=i) for i in range(parallel)]
+        self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.waiting: list[Job] = []
+        self.running: list[_Sequence] = []
+        self.batch = C.llama_batch_init(n_batch, 0, 1)
+        self.closing = False
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        try:
+            while not self.closing:
+                if self._collect(block=not self.running and not self.waiting):
+                    break
+                self._admit()
+                if self.running:
+                    self._step()
+                elif self.waiting:
+                    time.sleep(0.001)  # only deferred jobs: their donor will show up
+        finally:
+            for seq in list(self.running):
+                self._fail(seq, EngineClosed())
+            for job in self.waiting:
+                job.fail(EngineClosed())
+            while True:
+                try:
+                    left = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if left is not None:
+                    left.fail(EngineClosed())
+            C.llama_batch_free(self.batch)
+
+    def _collect(self, *, block: bool) -> bool:
+        """Moves new jobs to `waiting`; True once the engine is closing."""
+        try:
+            item = self.inbox.get() if block else self.inbox.get_nowait()
+            while True:
+                if item is None:
+                    self.closing = True
+                    return True
+                self.waiting.append(item)
+                item = self.inbox.get_nowait()
+        except queue.Empty:
+            return False
+
+    # ------------------------------------------------------------------ admission
+
+    def _admit(self) -> None:
+        still: list[Job] = []
+        for job in self.waiting:
+            if job.cancel.is_set():
+                continue  # its caller left while it waited; already accounted for
+            placement = place(self.slots, job.prompt_tokens)
+            if placement is None:
+                still.append(job)
+                continue
+            if pending_share(self.slots, job.prompt_tokens, placement.reuse):
+                still.append(job)  # the same prefix is being evaluated right now
+                continue
+            try:
+                self._start(job, placement.slot, placement.reuse, placement.donor)
+            except InvalidGrammar as exc:
+                job.fail(GenerationFailed(str(exc)))
+        self.waiting = still
+
+    def _start(self, job: Job, slot: Slot, reuse: int, donor: Slot | None) -> None:
+        params = job.params
+        seed = params.seed + job.fork if params.seed is not None else RANDOM_SEED
+        sampler = SequenceSampler(self.vocab, self.n_vocab, params, seed & 0xFFFFFFFF)
+        if donor is not None:
+            C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+            C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, 0, reuse)
+        else:
+            C.llama_memory_seq_rm(self.mem, slot.seq_id, reuse, -1)
+        slot.tokens = list(job.prompt_tokens[:reuse])
+        slot.planned = list(job.prompt_tokens[reuse:])
+        slot.busy = True
+        slot.last_used = time.monotonic()
+        seq = _Sequence(job=job, slot=slot, sampler=sampler, reused=reuse)
+        seq.stops = StopMatcher(params.stop)
+        if job.resume:  # another node's tokens: move every piece of state to where it was
+            sampler.accept(job.resume)
+            for token in job.resume:
+                seq.stops.feed(seq.decoder.decode(self.piece(token)))
+            seq.generated = list(job.resume)
+            seq.sent = len(job.resume)
+        self.running.append(seq)
+        job.report_started(reuse, len(job.prompt_tokens) - reuse)
+        if len(seq.generated) >= job.max_tokens:
+            self._complete(seq, "length")
+
+    # ------------------------------------------------------------------ one step
+
+    def _step(self) -> None:
+        for seq in [s for s in self.running if s.job.cancel.is_set()]:
+            self._release(seq)
+            seq.job.report_cancelled(seq.new_tokens)
+        if not self.running:
+            return
+        batch, n = self.batch, 0
+        outputs: list[tuple[_Sequence, int]] = []
+        decoding = [s for s in self.running if s.next_token is not None]
+        for seq in decoding:
+            token, seq.next_token = seq.next_token or 0, None
+            self._add(n, token, len(seq.slot.tokens), seq.slot.seq_id, True)
+            seq.slot.tokens.append(token)
+            outputs.append((seq, n))
+            n += 1
+        budget = (self.prefill_chunk if decoding else self.n_batch) - n
+        prompt_tokens = 0
+        for seq in self.running:
+            slot = seq.slot
+            if not slot.planned or budget <= 0:
+                continue
+            chunk = slot.planned[:budget]
+            last = len(chunk) == len(slot.planned)
+            pos = len(slot.tokens)
+            for i, token in enumerate(chunk):
+                self._add(n, token, pos + i, slot.seq_id, last and i == len(chunk) - 1)
+                n += 1
+            if last:
+                outputs.append((seq, n - 1))
+            slot.tokens.extend(chunk)
+            del slot.planned[: len(chunk)]
+            budget -= len(chunk)
+            prompt_tokens += len(chunk)
+        batch.n_tokens = n
+        status = C.llama_decode(self.ctx, batch)
+        if status != 0:
+            for seq in list(self.running):
+                self._fail(seq, GenerationFailed(f"llama_decode failed ({status})"))
+            return
+        self.on_step(n, prompt_tokens, len(decoding))
+        for seq, row in outputs:
+            self._sample(seq, row)
+
+    def _add(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        b = self.batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq_id
+        b.logits[i] = logits
+
+    def _sample(self, seq: _Sequence, row: int) -> None:
+        job = seq.job
+        try:
+            token = seq.sampler.sample(self.ctx, row)
+        except Exception as exc:  # a grammar with no way forward, most often
+            self._fail(seq, GenerationFailed(f"sampling failed: {exc}"))
+            return
+        now = time.perf_counter()
+        if self.is_eog(token):
+            self._complete(seq, "stop")
+            return
+        seq.new_tokens += 1
+        if seq.new_tokens == 1:
+            seq.first = now
+        seq.last = now
+        seq.generated.append(token)
+        logprob: tuple[TokenLogprob, ...] = ()
+        if job.params.logprobs is not None:
+            ptr = C.llama_get_logits_ith(self.ctx, row)
+            item = token_logprob(ptr, self.n_vocab, token, job.params.logprobs, self.piece)
+            seq.logprobs.append(item)
+            logprob = (item,)
+        text, hit = seq.stops.feed(seq.decoder.decode(self.piece(token)))
+        if text or logprob:
+            seq.text.append(text)
+            job.emit(Piece(text, tuple(seq.generated[seq.sent :]), logprob))
+            seq.sent = len(seq.generated)
+        if hit:
+            self._complete(seq, "stop")
+        elif len(seq.generated) >= job.max_tokens:
+            self._complete(seq, "length")
+        else:
+            seq.next_token = token
+
+    # ------------------------------------------------------------------ endings
+
+    def _release(self, seq: _Sequence) -> None:
+        self.running.remove(seq)
+        seq.sampler.close()
+        slot = seq.slot
+        if slot.planned:  # cut during prefill: the KV beyond what was evaluated is not there
+            slot.planned = []
+        slot.busy = False
+        slot.last_used = time.monotonic()
+
+    def _complete(self, seq: _Sequence, finish: str) -> None:
+        self._release(seq)
+        # after a stop-sequence hit the matcher holds nothing; at the end of generation or of
+        # the budget, the text it held back was not a stop sequence after all
+        tail = seq.stops.flush() + seq.decoder.decode(b"", final=True)
+        if tail or seq.sent < len(seq.generated):
+            seq.text.append(tail)
+            seq.job.emit(Piece(tail, tuple(seq.generated[seq.sent :])))
+        ended = time.perf_counter()
+        n = seq.new_tokens
+        tps = (n - 1) / (seq.last - seq.first) if n > 1 and seq.last > seq.first else 0.0
+        job = seq.job
+        result = GenerationResult(
+            text="".join(seq.text),
+            finish_reason=finish,
+            prompt_tokens=len(job.prompt_tokens) - len(job.resume),
+            completion_tokens=len(seq.generated),
+            ttft_ms=((seq.first or ended) - seq.started) * 1000,
+            tokens_per_second=tps,
+            queue_ms=(seq.started - job.admitted_at) * 1000,
+            duration_s=ended - seq.started,
+            token_ids=seq.generated,
+            logprobs=seq.logprobs,
+            prompt_tokens_reused=seq.reused,
+        )
+        job.report_completed(result)
+
+    def _fail(self, seq: _Sequence, error: Exception) -> None:
+        if seq in self.running:
+            self._release(seq)
+        C.llama_memory_seq_rm(self.mem, seq.slot.seq_id, -1, -1)
+        seq.slot.tokens = []
+        log.error("generation failed: %s", error)
+        seq.job.fail(error)

@@ -1,0 +1,75 @@
+"""Slots and the prefix cache: which slot a new prompt goes to and how much of it is already
+evaluated somewhere.
+
+Each slot is one llama.cpp sequence id. A slot remembers the tokens whose KV it holds, also after
+its request ended, so the next turn of a chat finds its history there. A new prompt goes to the
+free slot holding its longest common prefix (least recently used on ties, which also picks the
+slot whose cache is least likely to be wanted again). When *another* slot, busy or idle, holds a
+longer prefix, that prefix is copied into the chosen slot (`llama_memory_seq_cp`: with a unified
+KV cache the cells are shared, not duplicated), so a system prompt many users share, or the same
+prompt sent by many clients, is evaluated once. Pure logic: the KV operations are the caller's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["Placement", "Slot", "common_prefix", "pending_share", "place"]
+
+
+@dataclass(eq=False)
+class Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # evaluated: KV positions 0..len-1
+    planned: list[int] = field(default_factory=list)  # still to evaluate (a prompt in prefill)
+    busy: bool = False
+    last_used: float = 0.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    slot: Slot
+    reuse: int  # prompt tokens whose KV is already there (after the copy, if any)
+    donor: Slot | None  # copy tokens[:reuse] from this slot first
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def place(slots: Sequence[Slot], prompt: Sequence[int]) -> Placement | None:
+    """Where `prompt` goes; None when no slot is free. At least one prompt token is always left
+    to evaluate: its logits give the first generated token."""
+    free = [s for s in slots if not s.busy]
+    if not free:
+        return None
+    limit = max(len(prompt) - 1, 0)
+    best = max(free, key=lambda s: (min(common_prefix(s.tokens, prompt), limit), -s.last_used))
+    own = min(common_prefix(best.tokens, prompt), limit)
+    donor, shared = None, own
+    for slot in slots:
+        if slot is best:
+            continue
+        n = min(common_prefix(slot.tokens, prompt), limit)
+        if n > shared:
+            donor, shared = slot, n
+    if donor is not None:  # a busy slot holds more (a free one cannot: `best` has the most)
+        target = min(free, key=lambda s: s.last_used)  # its own cache is dropped: the oldest
+        return Placement(slot=target, reuse=shared, donor=donor)
+    return Placement(slot=best, reuse=own, donor=None)
+
+
+def pending_share(slots: Sequence[Slot], prompt: Sequence[int], have: int) -> bool:
+    """True when a slot still prefilling will soon hold clearly more of `prompt` than `have`
+    tokens: waiting a step or two for it beats evaluating the same prefix twice."""
+    for slot in slots:
+        if slot.planned:
+            n = common_prefix(slot.tokens + slot.planned, prompt)
+            if n >= have + 16 and n > len(slot.tokens):
+                return True
+    return False
