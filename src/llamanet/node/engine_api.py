@@ -6,10 +6,9 @@ The stream contract: `stream(job)` yields `Piece` objects, then exactly one `Gen
 `submit` raises `QueueFull` / `ContextLengthExceeded` at once, before any response starts.
 Chat messages are dicts for the Jinja chat template: `role` and `content`, and (history of tool
 calls) an assistant's `tool_calls` and a tool message's `tool_call_id` / `name`. `n_vocab`
-bounds the token ids `SamplingParams.logit_bias` may name.
-
-An engine may also offer `submit_n(prompt_tokens, params, n) -> list[Job]` (n sequences forked
-from one prefilled prompt); `llamanet.node.work.submit` falls back to n `submit`s without it.
+bounds the token ids `SamplingParams.logit_bias` may name;
+`submit_n(prompt_tokens, params, n)` admits n sequences of one prompt (the choices of `n`),
+all or none; fork i samples with `seed + i`.
 """
 
 from __future__ import annotations
@@ -71,6 +70,8 @@ class Engine(Protocol):
     ) -> list[int]: ...
 
     def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Job: ...
+
+    def submit_n(self, prompt_tokens: list[int], params: SamplingParams, n: int) -> list[Job]: ...
 
     def stream(self, job: Job) -> AsyncIterator[Piece | GenerationResult]: ...
 

@@ -8,21 +8,20 @@ tool plan (`llamanet.node.tools`: the prompt, a grammar when a call is forced or
 has no tool syntax of its own, and the syntax the answer is parsed in), `logit_bias` token ids
 checked against the model's vocabulary, `logprobs` the engine's top-k, `n` forked sequences.
 
-`submit()` admits the work at once (before any response starts): `engine.submit_n` forks n
-sequences from one prefilled prompt where the engine has it; an engine without it (the FIFO
-engine) gets n independent submissions, each with its own seed (`seed + i`) so the choices
-differ yet repeat with the same seed.
+`submit()` admits the work at once (before any response starts): `n` > 1 goes to
+`engine.submit_n`, n sequences of one prompt evaluated once (fork i samples with `seed + i`, so
+the choices differ yet repeat with the same seed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from llamanet.node.engine import Job, QueueFull, SamplingParams
+from llamanet.node.engine import Job, SamplingParams
 from llamanet.node.engine_api import Engine
 from llamanet.node.errors import APIError
 from llamanet.node.structured import json_object_grammar, schema_grammar
@@ -226,19 +225,4 @@ def submit(engine: Engine, work: Work) -> list[Job]:
     `ContextLengthExceeded` before any response starts)."""
     if work.n == 1:
         return [engine.submit(work.prompt_tokens, work.params)]
-    submit_n = getattr(engine, "submit_n", None)
-    if submit_n is not None:
-        jobs: list[Job] = submit_n(work.prompt_tokens, work.params, work.n)
-        return jobs
-    stats = engine.stats
-    if stats.active + stats.queued + work.n > engine.capacity:
-        stats.requests_rejected += 1
-        raise QueueFull(engine.retry_after())
-    seed = work.params.seed
-    return [
-        engine.submit(
-            work.prompt_tokens,
-            work.params if seed is None else replace(work.params, seed=seed + i),
-        )
-        for i in range(work.n)
-    ]
+    return engine.submit_n(work.prompt_tokens, work.params, work.n)
