@@ -10,6 +10,8 @@ import httpx
 import openai
 import pytest
 
+from llamanet.node.node import GENERATION_CAPABILITIES
+
 pytestmark = pytest.mark.model
 
 CHAT = [{"role": "user", "content": "Name three colors."}]
@@ -177,14 +179,7 @@ def test_status_info_health(node: Any) -> None:
             "id": "smol",
             "n_ctx": 512,
             "quantization": "Q4_1",
-            "capabilities": [
-                "chat",
-                "completions",
-                "tools",
-                "json_schema",
-                "logprobs",
-                "embeddings",
-            ],
+            "capabilities": [*GENERATION_CAPABILITIES, "embeddings"],
         }
     ]
     assert node.get("/health").status_code == 200

@@ -20,6 +20,7 @@ from fakes import FakeEngine, serving
 
 from llamanet.node.config import NodeSettings
 from llamanet.node.metrics import Metrics
+from llamanet.node.node import GENERATION_CAPABILITIES
 from llamanet.protocol import (
     NODE_HEADER,
     ChatCompletion,
@@ -258,7 +259,7 @@ async def test_info_health_dht_status(http: httpx.AsyncClient, engine: FakeEngin
             "id": engine.model_id,
             "n_ctx": engine.n_ctx,
             "quantization": "Q4_0",
-            "capabilities": ["chat", "completions", "tools", "json_schema", "logprobs"],
+            "capabilities": [*GENERATION_CAPABILITIES],
         }
     ]
     assert info["model_path"] == str(engine.model_path)

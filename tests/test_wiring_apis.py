@@ -16,8 +16,15 @@ from wiring import USER, WEATHER, error_of, events, node, pieces
 from llamanet.client import LlamaNetClient
 from llamanet.node.app import create_app
 from llamanet.node.config import NodeSettings
-from llamanet.node.node import LlamaNetNode
-from llamanet.protocol import GenerateResponse, StreamingChunk
+from llamanet.node.node import GENERATION_CAPABILITIES, LlamaNetNode
+from llamanet.node.routes._serving import needed_capability
+from llamanet.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerateResponse,
+    StreamingChunk,
+    StreamingRequest,
+)
 
 CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
 RESPONSES_TOOL = {"type": "function", **WEATHER["function"]}  # type: ignore[dict-item]
@@ -270,3 +277,23 @@ async def test_the_client_passes_the_fields_through(tmp_path: Path) -> None:
             ]
             assert json.loads("".join(c.text for c in chunks)) == {"a": 1}
             assert engine.submitted[-1][1].grammar is not None
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def test_a_forwarded_request_needs_a_node_that_honours_it() -> None:
+    """The capability a request asks the gateway for (`serve(..., capability=...)`)."""
+
+    def chat(**fields: Any) -> str | None:
+        return needed_capability(ChatCompletionRequest.model_validate({"messages": USER, **fields}))
+
+    assert chat() is None and chat(response_format={"type": "text"}) is None
+    assert chat(tools=[WEATHER], logprobs=True) == "tools"
+    assert chat(response_format={"type": "json_object"}) == "json_schema"
+    assert chat(logprobs=True) == "logprobs"
+    completion = CompletionRequest.model_validate({"prompt": "x", "logprobs": 1})
+    assert needed_capability(completion) == "logprobs"
+    native = StreamingRequest.model_validate({"messages": USER, "tools": [WEATHER]})
+    assert needed_capability(native) == "tools"
+    assert {"tools", "json_schema", "logprobs", "responses"} <= set(GENERATION_CAPABILITIES)

@@ -42,7 +42,7 @@ announce = logging.getLogger("llamanet.ready")  # addresses: logged whatever the
 
 # What the generation routes do with any model (`llamanet.node.work`): tool calls, structured
 # output and logprobs are properties of the sampler, not of the model.
-GENERATION_CAPABILITIES = ("chat", "completions", "tools", "json_schema", "logprobs")
+GENERATION_CAPABILITIES = ("chat", "completions", "tools", "json_schema", "logprobs", "responses")
 
 
 class LlamaNetNode:

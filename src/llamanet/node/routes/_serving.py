@@ -26,10 +26,12 @@ from llamanet.node.gateway import is_forwarded
 from llamanet.node.node import LlamaNetNode
 from llamanet.node.streaming import ChunkFormat, event_stream
 from llamanet.node.work import Work, submit
+from llamanet.protocol import ChoiceFields, CompletionRequest
 
 __all__ = [
     "SWARM_ALIAS",
     "LocalHandler",
+    "needed_capability",
     "node_of",
     "run",
     "serve",
@@ -115,6 +117,21 @@ async def serve(
         reason="model not served here",
         capability=capability,
     )
+
+
+def needed_capability(body: ChoiceFields | CompletionRequest) -> str | None:
+    """What a forwarded request needs of the node that serves it, so that it never reaches a
+    node that would ignore the field (`node.GENERATION_CAPABILITIES` come together, from one
+    version of the node: the first one needed stands for all)."""
+    if isinstance(body, CompletionRequest):
+        return "logprobs" if body.logprobs is not None else None
+    if body.tools:
+        return "tools"
+    if body.response_format is not None and body.response_format.type != "text":
+        return "json_schema"
+    if body.logprobs:
+        return "logprobs"
+    return None
 
 
 def start(engine: Engine, work: Work) -> AsyncGenerator[ChoiceEvent, None]:

@@ -13,7 +13,14 @@ from llamanet.node.engine_api import Engine
 from llamanet.node.errors import APIError
 from llamanet.node.logprobs import chat_logprob_items
 from llamanet.node.routes._openapi import COMMON, ERRORS, SSE, error_doc
-from llamanet.node.routes._serving import node_of, run, serve, start, stream
+from llamanet.node.routes._serving import (
+    needed_capability,
+    node_of,
+    run,
+    serve,
+    start,
+    stream,
+)
 from llamanet.node.streaming import NativeFormat
 from llamanet.node.work import Work, chat_work, prompt_work
 from llamanet.protocol import (
@@ -83,7 +90,9 @@ async def generate(request: Request, body: StreamingRequest) -> Response:
         response = _response(node_of(request).node_id, engine.model_id, body, ends)
         return JSONResponse(response.model_dump(exclude_none=True))
 
-    return await serve(request, body.model, body.max_tokens, local)
+    return await serve(
+        request, body.model, body.max_tokens, local, capability=needed_capability(body)
+    )
 
 
 @router.post("/generate/stream", responses=SSE, response_class=Response, tags=["native"])
@@ -96,7 +105,9 @@ async def generate_stream(request: Request, body: StreamingRequest) -> Response:
         fmt = NativeFormat(node_of(request).node_id, n=work.n, logprobs=bool(body.logprobs))
         return stream(request, events, fmt)
 
-    return await serve(request, body.model, body.max_tokens, local)
+    return await serve(
+        request, body.model, body.max_tokens, local, capability=needed_capability(body)
+    )
 
 
 @router.get("/status", response_model=NodeStatus, tags=["native"], responses=COMMON)

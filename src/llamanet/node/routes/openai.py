@@ -15,7 +15,14 @@ from llamanet.node.choices import ChoiceEnd, chat_completion, total_usage
 from llamanet.node.engine_api import Engine
 from llamanet.node.logprobs import completion_logprobs
 from llamanet.node.routes._openapi import COMMON, JSON_OR_SSE, SSE, error_doc
-from llamanet.node.routes._serving import node_of, run, serve, start, stream
+from llamanet.node.routes._serving import (
+    needed_capability,
+    node_of,
+    run,
+    serve,
+    start,
+    stream,
+)
 from llamanet.node.streaming import ChatFormat, CompletionFormat
 from llamanet.node.work import chat_work, completion_work
 from llamanet.protocol import (
@@ -89,7 +96,9 @@ async def _chat(request: Request, body: ChatCompletionRequest, streaming: bool) 
         completion = chat_completion(engine.model_id, ends, logprobs=logprobs)
         return JSONResponse(completion.model_dump())
 
-    return await serve(request, body.model, body.token_budget(), local)
+    return await serve(
+        request, body.model, body.token_budget(), local, capability=needed_capability(body)
+    )
 
 
 @router.post(
@@ -147,4 +156,6 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
         ends = await run(request, events)
         return JSONResponse(_completion(engine.model_id, body, ends).model_dump())
 
-    return await serve(request, body.model, body.max_tokens, local)
+    return await serve(
+        request, body.model, body.max_tokens, local, capability=needed_capability(body)
+    )

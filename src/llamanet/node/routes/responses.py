@@ -44,6 +44,7 @@ from llamanet.protocol import ResponseFunctionCall, ResponseObject, ResponsesReq
 __all__ = ["router"]
 
 router = APIRouter()
+CAPABILITY = "responses"  # forwarded only to nodes with this route (`node.GENERATION_CAPABILITIES`)
 
 
 def store_of(request: Request) -> ResponseStore:
@@ -129,7 +130,7 @@ async def create_response(request: Request, body: ResponsesRequest) -> Response:
         store_of(request).put(turn, response)
         return JSONResponse(response.model_dump(mode="json"))
 
-    return await serve(request, body.model, body.max_output_tokens, local)
+    return await serve(request, body.model, body.max_output_tokens, local, capability=CAPABILITY)
 
 
 @router.get(
