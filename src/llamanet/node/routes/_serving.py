@@ -1,41 +1,43 @@
-"""What every generation route does around its own wire format: serve here or forward, admit.
+"""What every generation route does around its own wire format: serve here or forward, admit,
+stream or run to the end.
 
 A route hands `serve()` a `local(engine)` callback; `serve` runs it when this node has the model
 and room, and otherwise (model not here, or the local queue full and a peer known) forwards the
-request through the gateway. Admission (tokenize + `engine.submit`) happens before a response
-starts, so a full queue or a too-long prompt gets a real HTTP status, never a broken stream.
+request through the gateway. Admission (`llamanet.node.work`, then `start`) happens before a
+response starts, so a full queue or a too-long prompt gets a real HTTP status, never a broken
+stream. `stream` and `run` consume the choice events (`llamanet.node.choices`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import cast
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from fastapi import Request
 from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse
 
+from llamanet.node.choices import ChoiceEnd, ChoiceEvent, choice_events, collect
 from llamanet.node.disconnect import unless_disconnected
-from llamanet.node.engine import GenerationResult, Job, QueueFull, SamplingParams
+from llamanet.node.engine import QueueFull
 from llamanet.node.engine_api import Engine
 from llamanet.node.errors import APIError, capability_not_served, model_not_found
 from llamanet.node.gateway import is_forwarded
 from llamanet.node.node import LlamaNetNode
-from llamanet.node.streaming import ChunkFormat, event_stream, usage_of
-from llamanet.protocol import ChatMessage, FinishReason, SamplingFields
+from llamanet.node.streaming import ChunkFormat, event_stream
+from llamanet.node.work import Work, submit
+from llamanet.protocol import ChoiceFields, CompletionRequest
 
 __all__ = [
     "SWARM_ALIAS",
     "LocalHandler",
-    "admit",
-    "finish_reason",
+    "needed_capability",
     "node_of",
     "run",
-    "sampling_params",
     "serve",
+    "sse_response",
+    "start",
     "stream",
-    "usage",
 ]
 
 SWARM_ALIAS = "llamanet"  # the model name that means "any model the swarm serves"
@@ -117,76 +119,67 @@ async def serve(
     )
 
 
-def sampling_params(req: SamplingFields, max_tokens: int | None) -> SamplingParams:
-    """The engine's sampling parameters from a request's sampling fields."""
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        min_p=req.min_p,
-        repeat_penalty=req.repeat_penalty,
-        presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty,
-        seed=req.seed,
-        stop=tuple(req.stop_list()),
-    )
+def needed_capability(body: ChoiceFields | CompletionRequest) -> str | None:
+    """What a forwarded request needs of the node that serves it, so that it never reaches a
+    node that would ignore the field (`node.GENERATION_CAPABILITIES` come together, from one
+    version of the node: the first one needed stands for all)."""
+    if isinstance(body, CompletionRequest):
+        return "logprobs" if body.logprobs is not None else None
+    if body.tools:
+        return "tools"
+    if body.response_format is not None and body.response_format.type != "text":
+        return "json_schema"
+    if body.logprobs:
+        return "logprobs"
+    return None
 
 
-async def admit(
-    engine: Engine,
-    params: SamplingParams,
-    *,
-    prompt: str | None = None,
-    messages: list[ChatMessage] | None = None,
-) -> Job:
-    """Tokenizes the prompt (or renders the chat) and submits it; raises before any response."""
-    if messages is not None:
-        tokens = await engine.tokenize(
-            messages=[{"role": m.role, "content": m.text()} for m in messages]
-        )
-    else:
-        tokens = await engine.tokenize(prompt=prompt or "")
-    return engine.submit(tokens, params)
+def start(engine: Engine, work: Work) -> AsyncGenerator[ChoiceEvent, None]:
+    """Admits `work` (raising before any response starts) and returns its choice events."""
+    jobs = submit(engine, work)
+    return choice_events(engine, jobs, work)
 
 
-def _record(request: Request) -> Callable[[GenerationResult], None]:
-    def on_result(result: GenerationResult) -> None:
-        request.state.tokens = result.completion_tokens
-        node_of(request).metrics.ttft.observe(result.ttft_ms / 1000)
+def _record(request: Request) -> Callable[[ChoiceEnd], None]:
+    """Counts each choice's tokens for the access log; the first choice's TTFT for metrics."""
+    request.state.tokens = 0
 
-    return on_result
+    def on_end(end: ChoiceEnd) -> None:
+        request.state.tokens += end.result.completion_tokens
+        if end.index == 0:
+            node_of(request).metrics.ttft.observe(end.result.ttft_ms / 1000)
+
+    return on_end
 
 
 def stream(
-    request: Request, engine: Engine, job: Job, fmt: ChunkFormat, include_usage: bool
+    request: Request,
+    events: AsyncGenerator[ChoiceEvent, None],
+    fmt: ChunkFormat,
+    include_usage: bool = False,
 ) -> EventSourceResponse:
-    """The job's Server-Sent Events response in the given chunk format."""
+    """The request's Server-Sent Events response in the given chunk format."""
     body = event_stream(
-        engine,
-        job,
+        events,
         fmt,
         include_usage=include_usage,
-        on_result=_record(request),
+        on_end=_record(request),
         timeout=node_of(request).settings.request_timeout,
     )
+    return sse_response(body)
+
+
+def sse_response(body: AsyncIterator[bytes]) -> EventSourceResponse:
     return EventSourceResponse(
         body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
 
 
-async def run(request: Request, engine: Engine, job: Job) -> GenerationResult:
-    """Runs the job to its end while the client stays (499) and within the timeout (504)."""
+async def run(request: Request, events: AsyncGenerator[ChoiceEvent, None]) -> list[ChoiceEnd]:
+    """Every choice's end, while the client stays (499) and within the timeout (504)."""
     timeout = node_of(request).settings.request_timeout
-    result = await unless_disconnected(request, engine.run(job), timeout)
-    _record(request)(result)
-    return result
-
-
-def finish_reason(result: GenerationResult) -> FinishReason:
-    """The engine types it `str`; the response models validate it (a ValidationError, not a
-    silent wrong value, should an engine ever report another)."""
-    return cast(FinishReason, result.finish_reason)
-
-
-usage = usage_of  # one definition of usage (streaming.usage_of)
+    ends = await unless_disconnected(request, collect(events), timeout)
+    on_end = _record(request)
+    for end in ends:
+        on_end(end)
+    return ends
