@@ -900,7 +900,7 @@ class EmbeddingRequest(_Lenient):
         if isinstance(self.input, str):
             return [self.input]
         if self.input and all(isinstance(t, int) for t in self.input):
-            return [self.input]  # type: ignore[list-item, return-value]  # one token array
+            return [self.input]  # type: ignore[return-value]  # one token array
         return self.input  # type: ignore[return-value]
 
 
