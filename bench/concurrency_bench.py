@@ -2,14 +2,16 @@
 
     python bench/concurrency_bench.py [--streams 1,2,4,8,16] [--rounds 2] [--max-tokens 128]
         [--threads 2] [--parallel 8] [--node-args "..."] [--servers node,llama_cpp,llama-server]
-        [--plot docs/concurrency.png] [--json results.json] [--no-build]
+        [--plot docs/concurrency.png] [--json results.json] [--no-build] [--no-interleave]
 
 Why: a node is only worth running if it serves many users at once at least as well as llama.cpp's
-own server does on the same hardware. For each server in turn (one at a time, each stopped
-before the next starts), for each level N, `--rounds` bursts of N streaming chat completions are
-sent at once: distinct prompts (a ~250-token request whose first words differ, so only the chat
+own server does on the same hardware. For each level N, each server in turn (one at a time,
+each started for that level and stopped before the next starts, so that a change in the load of
+this shared machine falls on all of them alike; `--no-interleave` runs all levels on one start
+instead) gets one warm-up request, then `--rounds` bursts of N streaming chat completions sent
+at once: distinct prompts (a ~250-token request whose first words differ, so only the chat
 template's system preamble is shared and no prefix cache can serve a burst from one prefill),
-temperature 0, the same `max_tokens`, after one warm-up request. Measured as the client sees it:
+temperature 0, the same `max_tokens`. Measured as the client sees it:
 
 - aggregate tokens/s: completion tokens of every stream of the level / the bursts' wall time
   (completion tokens from the stream's `usage` when the server sends one, else its content
@@ -166,7 +168,7 @@ class ServerRun:
     name: str
     command: str = ""
     levels: list[Level] = field(default_factory=list)
-    peak_rss_mib: float = float("nan")
+    peak_rss_mib: float = 0.0
     error: str = ""
 
     def level(self, streams: int) -> Level | None:
@@ -265,7 +267,7 @@ def measure(
                 f"{level.ttft(0.5):6.0f} ms, {level.completed}/{len(level.results)} completed, "
                 f"load {level.loadavg[0]:.2f}"
             )
-    run.peak_rss_mib = rss.peak[run.name] / 1024
+    run.peak_rss_mib = max(run.peak_rss_mib, rss.peak[run.name] / 1024)
 
 
 def say(message: str) -> None:
@@ -295,9 +297,13 @@ def node_server(args: list[str], home: Path) -> Iterator[tuple[str, int]]:
 
 
 @contextlib.contextmanager
-def process_server(cmd: list[str], log: Path, port: int, ready: str) -> Iterator[tuple[str, int]]:
+def process_server(
+    command: Callable[[int], list[str]], log: Path, ready: str
+) -> Iterator[tuple[str, int]]:
+    """Starts `command(free port)` and stops it afterwards (SIGTERM, SIGKILL if it hangs)."""
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(cmd, url, log, ready_path=ready)
+    proc = start_server(command(port), url, log, ready_path=ready)
     try:
         yield url, proc.pid
     finally:
@@ -395,6 +401,13 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "concurrency.png")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--no-build", action="store_true", help="skip llama-server if not built")
+    ap.add_argument(
+        "--no-interleave",
+        dest="interleave",
+        action="store_false",
+        help="run every level on one start of each server (default: per level, each server in "
+        "turn, restarted, so load changes on the shared machine fall on all alike)",
+    )
     args = ap.parse_args()
 
     levels = [int(n) for n in args.streams.split(",")]
@@ -412,7 +425,8 @@ def main() -> None:
         f"load average at start {start_load[0]:.2f} {start_load[1]:.2f} {start_load[2]:.2f}"
     )
 
-    launchers: dict[str, tuple[str, Callable[[], contextlib.AbstractContextManager[Any]]]] = {}
+    # name -> (the command, shown; a launcher taking a tag that names this start's log/home)
+    launchers: dict[str, tuple[str, Callable[[str], contextlib.AbstractContextManager[Any]]]] = {}
     if NODE in servers:
         parallel = ["--parallel", str(args.parallel)] if node_has_option("--parallel") else []
         node_args = [
@@ -422,51 +436,67 @@ def main() -> None:
         ]
         launchers[NODE] = (
             "llamanet node " + shlex.join(node_args[2:]),
-            lambda: node_server(node_args, tmp / "node"),
+            lambda tag: node_server(node_args, tmp / tag),
         )
     if LLAMA_CPP in servers:
-        port = free_port()
-        cmd = [
-            *(sys.executable, "-m", "llama_cpp.server", "--model", str(model)),
-            *("--model_alias", "bench", "--port", str(port), "--n_threads", t),
-            *("--n_threads_batch", t, "--n_ctx", str(args.n_ctx), "--verbose", "False"),
-            *("--interrupt_requests", "False"),
+        cpp_args = [
+            *("--model_alias", "bench", "--n_threads", t, "--n_threads_batch", t),
+            *("--n_ctx", str(args.n_ctx), "--verbose", "False", "--interrupt_requests", "False"),
         ]
         launchers[LLAMA_CPP] = (
-            shlex.join(["python", *cmd[1:3], *cmd[5:]]),
-            lambda: process_server(cmd, tmp / "llama_cpp.log", port, "/v1/models"),
+            shlex.join(["python", "-m", "llama_cpp.server", *cpp_args]),
+            lambda tag: process_server(
+                lambda port: [
+                    *(sys.executable, "-m", "llama_cpp.server", "--model", str(model)),
+                    *("--port", str(port), *cpp_args),
+                ],
+                tmp / f"{tag}.log",
+                "/v1/models",
+            ),
         )
-    runs: list[ServerRun] = []
+    runs = {name: ServerRun(name, command=command) for name, (command, _) in launchers.items()}
     if LLAMA_SERVER in servers:
         try:
             binary = ensure_llama_server(build=not args.no_build, jobs=args.threads)
         except LlamaServerUnavailable as exc:
-            runs.append(ServerRun(LLAMA_SERVER, error=str(exc)))
+            runs[LLAMA_SERVER] = ServerRun(LLAMA_SERVER, error=str(exc))
             say(f"llama-server: {exc}; comparing the rest")
         else:
-            lport = free_port()
-            lcmd = [
-                *(str(binary), "-m", str(model), "-a", "bench", "--host", "127.0.0.1"),
-                *("--port", str(lport), "-np", str(args.parallel), "-t", t, "-tb", t),
+            ls_args = [
+                *("-a", "bench", "-np", str(args.parallel), "-t", t, "-tb", t),
                 *("-c", str(args.parallel * args.n_ctx), "--no-webui"),
             ]
             launchers[LLAMA_SERVER] = (
-                shlex.join(["llama-server", *lcmd[3:]]),
-                lambda: process_server(lcmd, tmp / "llama-server.log", lport, "/health"),
+                shlex.join(["llama-server", *ls_args]),
+                lambda tag: process_server(
+                    lambda port: [
+                        *(str(binary), "-m", str(model), "--host", "127.0.0.1"),
+                        *("--port", str(port), *ls_args),
+                    ],
+                    tmp / f"{tag}.log",
+                    "/health",
+                ),
             )
+            runs[LLAMA_SERVER] = ServerRun(LLAMA_SERVER, command=launchers[LLAMA_SERVER][0])
 
+    # interleaved: every server in turn for one level, restarted, so a change in the machine's
+    # load falls on all of them alike; else each server runs all levels in one start
+    passes = [[n] for n in levels] if args.interleave else [levels]
     prompts = PromptCounter()
-    for name, (command, launcher) in launchers.items():
-        run = ServerRun(name, command=command)
-        runs.append(run)
-        say(f"{LABELS[name]}: {command}")
-        try:
-            with launcher() as (url, pid):
-                measure(run, url, pid, levels, args.rounds, args.max_tokens, prompts)
-        except Exception as exc:  # one broken server must not hide the others' numbers
-            run.error = f"{type(exc).__name__}: {str(exc)[:400]}"
-            say(f"  {LABELS[name]} failed: {run.error}")
-    runs.sort(key=lambda r: list(LABELS).index(r.name))
+    for number, pass_levels in enumerate(passes):
+        for name, (command, launcher) in launchers.items():
+            run = runs[name]
+            if run.error:
+                continue
+            if number == 0:
+                say(f"{LABELS[name]}: {command}")
+            try:
+                with launcher(f"{name}-{number}") as (url, pid):
+                    measure(run, url, pid, pass_levels, args.rounds, args.max_tokens, prompts)
+            except Exception as exc:  # one broken server must not hide the others' numbers
+                run.error = f"{type(exc).__name__}: {str(exc)[:400]}"
+                say(f"  {LABELS[name]} failed: {run.error}")
+    ordered = sorted(runs.values(), key=lambda r: list(LABELS).index(r.name))
 
     end_load = os.getloadavg()
     print(
@@ -478,21 +508,30 @@ def main() -> None:
         f"{start_load[2]:.2f}, end {end_load[0]:.2f} {end_load[1]:.2f} {end_load[2]:.2f} "
         f"on {os.cpu_count()} cores"
     )
-    print_tables(runs, levels, print)
+    busy = max(start_load[0], *(lv.loadavg[0] for r in ordered for lv in r.levels))
+    if busy > (os.cpu_count() or 1):
+        print(
+            f"the machine was busy (1-min load up to {busy:.1f}): llama.cpp threads that wait for "
+            "each other at every step slow down far more than the load suggests when other "
+            "processes take their cores; compare ratios measured at the same load only"
+        )
+    print_tables(ordered, levels, print)
     title = (
         f"{model.name}, {args.max_tokens} tokens, temperature 0, {args.threads} threads, "
         f"{os.cpu_count()} cores; load average {start_load[0]:.1f} -> {end_load[0]:.1f}"
     )
-    if any(r.levels for r in runs):
-        plot(runs, args.plot, title)
+    if any(r.levels for r in ordered):
+        plot(ordered, args.plot, title)
         print(f"\nplot: {args.plot}")
     if args.json:
         args.json.write_text(
-            json.dumps({"title": title, "runs": [asdict(r) for r in runs]}, indent=1, default=str)
+            json.dumps(
+                {"title": title, "runs": [asdict(r) for r in ordered]}, indent=1, default=str
+            )
         )
         print(f"raw results: {args.json}")
     print(f"server logs: {tmp}")
-    sys.exit(0 if all(not r.error for r in runs) else 1)
+    sys.exit(0 if all(not r.error for r in ordered) else 1)
 
 
 if __name__ == "__main__":
