@@ -16,7 +16,8 @@ LINTED := src tests bench examples
 # the checkers and tests read this tree's sources, wherever the venv's editable install points
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: demo test test-fast lint typecheck contracts bench bench-node bench-grammar bench-dht bench-gateway bench-load fuzz install clean
+.PHONY: demo test test-fast lint typecheck contracts bench bench-node bench-grammar bench-dht \
+	bench-gateway bench-load bench-concurrency bench-failover llama-server fuzz install clean
 
 install: $(STAMP)
 
@@ -65,11 +66,21 @@ bench-gateway: $(STAMP)
 bench-load: $(STAMP)
 	$(PY) bench/load_test.py
 
+# 1..16 concurrent streams: the node vs llama_cpp.server vs llama-server (built once, ~13 min on
+# 2 cores, cached in ~/.cache/llamanet-bench); BENCH_ARGS passes options, e.g.
+# BENCH_ARGS='--node-args "--parallel 4"'
+bench-concurrency: $(STAMP)
+	$(PY) bench/concurrency_bench.py $(BENCH_ARGS)
+
+# builds (or finds) the llama-server the concurrency bench compares against
+llama-server: $(STAMP)
+	$(PY) bench/_llama_server.py
+
 # a long schemathesis run over every endpoint (CI runs a bounded one inside `make test`)
 fuzz: $(STAMP)
 	LLAMANET_FUZZ_EXAMPLES=$${LLAMANET_FUZZ_EXAMPLES:-500} $(PYTEST) tests/test_fuzz_schemathesis.py -q
 
-bench: bench-node bench-dht bench-gateway bench-load
+bench: bench-node bench-dht bench-gateway bench-load bench-concurrency
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache .mypy_cache \

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -55,3 +57,24 @@ def http_run(base: str, tokens: int) -> Run:
                 if choices and choices[0].get("text"):
                     times.append(time.perf_counter())
     return summarise(start, times)
+
+
+def start_server(
+    cmd: list[str], url: str, log: Path, ready_path: str = "/v1/models", timeout: float = 120.0
+) -> subprocess.Popen[bytes]:
+    """Starts a server process (output to `log`) and waits until `url + ready_path` answers 200."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[:4]} exited:\n{log.read_text(errors='replace')}")
+        try:
+            if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait(5)
+    raise RuntimeError(f"{cmd[:4]} did not start:\n{log.read_text(errors='replace')}")

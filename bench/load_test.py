@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -285,6 +286,7 @@ def main() -> None:
         f"max_tokens {args.max_tokens}, queue size {args.queue_size}, retry after a 503 "
         f"within {args.retry_cap:g} s; loopback only"
     )
+    start_load = os.getloadavg()
 
     single = launch_node([*common, "--n-threads", "2"], tmp / "single")
     try:
@@ -337,6 +339,11 @@ def main() -> None:
         f"\ntotal: {total} requests, {bad} silent truncations, "
         f"{sum(r.count(FAILED) for r in (one, swarm))} other failures; completed through the "
         f"swarm / one node: {swarm.count(COMPLETED) / max(1, one.count(COMPLETED)):.2f}x"
+    )
+    end_load = os.getloadavg()
+    print(
+        f"load average (1/5/15 min): start {' '.join(f'{x:.2f}' for x in start_load)}, "
+        f"end {' '.join(f'{x:.2f}' for x in end_load)} on {os.cpu_count()} cores"
     )
     ok = bad == 0 and all(all(r.idle_after.values()) for r in (one, swarm))
     sys.exit(0 if ok else 1)

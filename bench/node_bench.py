@@ -17,7 +17,6 @@ import asyncio
 import json
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from _common import PROMPT, Run, free_port, http_run, summarise  # noqa: E402
+from _common import PROMPT, Run, free_port, http_run, start_server, summarise  # noqa: E402
 
 from llamanet.node.config import default_home  # noqa: E402
 from llamanet.node.model_store import resolve_model  # noqa: E402
@@ -67,23 +66,6 @@ async def concurrent_streams(base: str, n: int, tokens: int) -> int:
 
     async with httpx.AsyncClient(timeout=300) as client:
         return sum(await asyncio.gather(*(one(client, i) for i in range(n))))
-
-
-def start_server(cmd: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[:4]} exited:\n{log.read_text()}")
-        try:
-            if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{cmd[:4]} did not start:\n{log.read_text()}")
 
 
 def main() -> None:
