@@ -259,6 +259,8 @@ async def test_info_health_dht_status(http: httpx.AsyncClient, engine: FakeEngin
             "n_ctx": engine.n_ctx,
             "quantization": "Q4_0",
             "capabilities": ["chat", "completions"],
+            "fingerprint": None,  # an engine handed in is never hashed: no resumption
+            "runtime": None,
         }
     ]
     assert info["model_path"] == str(engine.model_path)

@@ -8,7 +8,7 @@ The stream contract: `stream(job)` yields `Piece` objects, then exactly one `Gen
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -61,7 +61,9 @@ class Engine(Protocol):
         self, *, prompt: str | None = None, messages: list[dict[str, str]] | None = None
     ) -> list[int]: ...
 
-    def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Job: ...
+    def submit(
+        self, prompt_tokens: list[int], params: SamplingParams, *, resume_tokens: Sequence[int] = ()
+    ) -> Job: ...
 
     def stream(self, job: Job) -> AsyncIterator[Piece | GenerationResult]: ...
 

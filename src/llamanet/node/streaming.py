@@ -2,11 +2,19 @@
 
 Each format's fixed JSON (id, created, model, node) is rendered once per stream; per token only
 the text is JSON-escaped. Framing goes through FastAPI's `fastapi.sse.format_sse_event`.
+
+For stream resumption (`llamanet.swarm.resume`): asked for, each text chunk carries the token
+ids generated since the previous one (`llamanet_token_ids`; ids of pieces whose text is held
+back ride on the next text chunk, so delivered text and delivered ids always match); a resumed
+stream keeps the id/created (or native index) it was given and sends no role chunk; and while
+no piece comes (queued, long prefill) a keep-alive comment goes out every `keepalive` seconds,
+so a relay can tell a silent stream from a dead node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,8 +26,10 @@ from llamanet.node.engine import GenerationResult, Job, Piece
 from llamanet.node.engine_api import Engine
 from llamanet.node.errors import stream_error_body
 from llamanet.protocol import Usage, new_id
+from llamanet.swarm.resume import TOKEN_IDS_FIELD
 
 DONE = format_sse_event(data_str="[DONE]")
+KEEPALIVE = b": keep-alive\n\n"
 
 
 def sse(payload: str) -> bytes:
@@ -45,7 +55,7 @@ class ChunkFormat:
     def first(self) -> bytes | None:
         return None
 
-    def text(self, text: str) -> bytes:
+    def text(self, text: str, token_ids: list[int] | None = None) -> bytes:
         raise NotImplementedError
 
     def finish(self, result: GenerationResult, include_usage: bool) -> list[bytes]:
@@ -59,18 +69,21 @@ class _OpenAIFormat(ChunkFormat):
     object_name = ""
     id_prefix = ""
 
-    def __init__(self, model: str) -> None:
-        self.id = new_id(self.id_prefix)
+    def __init__(self, model: str, *, stream_id: str | None = None, created: int | None = None):
+        self.id = stream_id or new_id(self.id_prefix)
         head = {
             "id": self.id,
             "object": self.object_name,
-            "created": int(time.time()),
+            "created": created if created is not None else int(time.time()),
             "model": model,
         }
         self._head = json.dumps(head, separators=(",", ":"))[:-1]  # without the closing brace
 
     def _chunk(self, choice: str, usage: str = "") -> bytes:
         return sse(f'{self._head},"choices":[{choice}]{usage}}}')
+
+    def _text_chunk(self, choice: str, token_ids: list[int] | None) -> bytes:
+        return self._chunk(choice, _ids_field(token_ids))
 
     def _usage_chunk(self, result: GenerationResult) -> bytes:
         usage = usage_of(result).model_dump_json()
@@ -87,10 +100,11 @@ class ChatFormat(_OpenAIFormat):
             '"logprobs":null,"finish_reason":null}'
         )
 
-    def text(self, text: str) -> bytes:
+    def text(self, text: str, token_ids: list[int] | None = None) -> bytes:
         content = json.dumps(text, ensure_ascii=False)
-        return self._chunk(
-            f'{{"index":0,"delta":{{"content":{content}}},"logprobs":null,"finish_reason":null}}'
+        return self._text_chunk(
+            f'{{"index":0,"delta":{{"content":{content}}},"logprobs":null,"finish_reason":null}}',
+            token_ids,
         )
 
     def finish(self, result: GenerationResult, include_usage: bool) -> list[bytes]:
@@ -109,9 +123,11 @@ class CompletionFormat(_OpenAIFormat):
     object_name = "text_completion"
     id_prefix = "cmpl"
 
-    def text(self, text: str) -> bytes:
+    def text(self, text: str, token_ids: list[int] | None = None) -> bytes:
         content = json.dumps(text, ensure_ascii=False)
-        return self._chunk(f'{{"index":0,"text":{content},"logprobs":null,"finish_reason":null}}')
+        return self._text_chunk(
+            f'{{"index":0,"text":{content},"logprobs":null,"finish_reason":null}}', token_ids
+        )
 
     def finish(self, result: GenerationResult, include_usage: bool) -> list[bytes]:
         out = [
@@ -127,15 +143,15 @@ class CompletionFormat(_OpenAIFormat):
 class NativeFormat(ChunkFormat):
     """`StreamingChunk` events of `/generate/stream`."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, *, index: int = 0) -> None:
         self.node_id = json.dumps(node_id)
-        self.index = 0
+        self.index = index
 
-    def text(self, text: str) -> bytes:
+    def text(self, text: str, token_ids: list[int] | None = None) -> bytes:
         content = json.dumps(text, ensure_ascii=False)
         chunk = sse(
             f'{{"text":{content},"index":{self.index},"finished":false,'
-            f'"finish_reason":null,"node_id":{self.node_id}}}'
+            f'"finish_reason":null,"node_id":{self.node_id}{_ids_field(token_ids)}}}'
         )
         self.index += 1
         return chunk
@@ -157,6 +173,46 @@ class NativeFormat(ChunkFormat):
         ]
 
 
+def _ids_field(token_ids: list[int] | None) -> str:
+    if token_ids is None:
+        return ""
+    return f',"{TOKEN_IDS_FIELD}":{json.dumps(token_ids, separators=(",", ":"))}'
+
+
+async def _with_keepalive(
+    items: AsyncIterator[Piece | GenerationResult], every: float | None
+) -> AsyncIterator[Piece | GenerationResult | None]:
+    """`items`, with a None after each `every` seconds of waiting for the next one. The wait
+    is one task per item, never cancelled by a keep-alive (cancelling it would end `items`)."""
+    if every is None:
+        async for item in items:
+            yield item
+        return
+    iterator = aiter(items)
+    try:
+        while True:
+            pending = asyncio.ensure_future(anext(iterator))
+            try:
+                while True:
+                    done, _ = await asyncio.wait({pending}, timeout=every)
+                    if done:
+                        break
+                    yield None
+            finally:
+                if not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await pending
+            try:
+                yield pending.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        closing = getattr(iterator, "aclose", None)
+        if closing is not None:
+            await closing()
+
+
 async def event_stream(
     engine: Engine,
     job: Job,
@@ -165,17 +221,28 @@ async def event_stream(
     include_usage: bool = False,
     on_result: Any = None,
     timeout: float | None = None,
+    token_ids: bool = False,
+    resumed: bool = False,
+    keepalive: float | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of one request. An error after the start is one error event, then the end."""
-    first = fmt.first()
+    """The SSE body of one request. An error after the start is one error event, then the end.
+
+    `token_ids`: text chunks carry their token ids; `resumed`: the continuation of a stream
+    begun elsewhere (no role chunk); `keepalive`: seconds of silence before a keep-alive."""
+    first = None if resumed else fmt.first()
     if first is not None:
         yield first
+    ids: list[int] = []  # generated since the last text chunk
     try:
         async with asyncio.timeout(timeout):
-            async for item in engine.stream(job):
-                if isinstance(item, Piece):
+            async for item in _with_keepalive(engine.stream(job), keepalive):
+                if item is None:
+                    yield KEEPALIVE
+                elif isinstance(item, Piece):
+                    ids.extend(item.token_ids)
                     if item.text:
-                        yield fmt.text(item.text)
+                        yield fmt.text(item.text, ids if token_ids else None)
+                        ids = []
                 else:
                     if on_result is not None:
                         on_result(item)

@@ -4,6 +4,11 @@ A route hands `serve()` a `local(engine)` callback; `serve` runs it when this no
 and room, and otherwise (model not here, or the local queue full and a peer known) forwards the
 request through the gateway. Admission (tokenize + `engine.submit`) happens before a response
 starts, so a full queue or a too-long prompt gets a real HTTP status, never a broken stream.
+
+A request may carry the internal `llamanet` field (`protocol.StreamControl`): token ids in the
+streamed chunks, or the resumption of a stream another node began (`llamanet.swarm.resume`).
+A resumption is served here or refused (409 `fingerprint_mismatch` when this node's model is
+not the one that began it), never forwarded: the resumer chose this node for its fingerprint.
 """
 
 from __future__ import annotations
@@ -23,18 +28,20 @@ from llamanet.node.errors import APIError, capability_not_served, model_not_foun
 from llamanet.node.gateway import is_forwarded
 from llamanet.node.node import LlamaNetNode
 from llamanet.node.streaming import ChunkFormat, event_stream, usage_of
-from llamanet.protocol import ChatMessage, FinishReason, SamplingFields
+from llamanet.protocol import ChatMessage, FinishReason, ResumeFrom, SamplingFields, StreamControl
 
 __all__ = [
     "SWARM_ALIAS",
     "LocalHandler",
     "admit",
+    "check_resume",
     "finish_reason",
     "node_of",
     "run",
     "sampling_params",
     "serve",
     "stream",
+    "stream_control",
     "usage",
 ]
 
@@ -75,15 +82,18 @@ async def serve(
     local: LocalHandler,
     *,
     capability: str | None = None,
+    resume: ResumeFrom | None = None,
 ) -> Response:
     """Serves locally when this node has the model and room; otherwise forwards to a peer.
 
     `capability` (e.g. "embeddings"): served here only if this node offers it, forwarded only
-    to peers whose record advertises it.
+    to peers whose record advertises it. `resume`: served here or refused, never forwarded.
     """
     node = node_of(request)
-    gateway = node.gateway if not is_forwarded(request) else None
+    gateway = node.gateway if not is_forwarded(request) and resume is None else None
     engine = _local_engine(request, model)
+    if resume is not None and engine is not None:
+        check_resume(node, engine, resume)
     wanted = None if model in (None, "", SWARM_ALIAS) else model  # the alias: any model
     if engine is not None and capability is not None and capability not in node.capabilities():
         if gateway is None:
@@ -133,12 +143,43 @@ def sampling_params(req: SamplingFields, max_tokens: int | None) -> SamplingPara
     )
 
 
+def check_resume(node: LlamaNetNode, engine: Engine, resume: ResumeFrom) -> None:
+    """Refuses a resumption this node cannot continue exactly."""
+    if node.fingerprint is None or resume.fingerprint != node.fingerprint:
+        raise APIError(
+            409,
+            "This stream began on a different model file than this node's "
+            f"(fingerprint {resume.fingerprint!r}, here {node.fingerprint!r}); it cannot be "
+            "resumed here.",
+            code="fingerprint_mismatch",
+            param="llamanet.resume.fingerprint",
+        )
+    n_vocab = getattr(engine, "n_vocab", None)
+    if isinstance(n_vocab, int) and any(t >= n_vocab for t in resume.token_ids):
+        raise APIError(
+            400,
+            f"llamanet.resume.token_ids holds ids outside the model's vocabulary ({n_vocab}).",
+            param="llamanet.resume.token_ids",
+        )
+
+
+def stream_control(req: SamplingFields, streaming: bool) -> StreamControl:
+    """The request's internal `llamanet` field; a resumption is for streams only."""
+    control = req.llamanet or StreamControl()
+    if control.resume is not None and not streaming:
+        raise APIError(
+            400, "llamanet.resume continues a stream: it needs stream=true.", param="llamanet"
+        )
+    return control
+
+
 async def admit(
     engine: Engine,
     params: SamplingParams,
     *,
     prompt: str | None = None,
     messages: list[ChatMessage] | None = None,
+    resume: ResumeFrom | None = None,
 ) -> Job:
     """Tokenizes the prompt (or renders the chat) and submits it; raises before any response."""
     if messages is not None:
@@ -147,6 +188,8 @@ async def admit(
         )
     else:
         tokens = await engine.tokenize(prompt=prompt or "")
+    if resume is not None:
+        return engine.submit(tokens, params, resume_tokens=resume.token_ids)
     return engine.submit(tokens, params)
 
 
@@ -159,16 +202,25 @@ def _record(request: Request) -> Callable[[GenerationResult], None]:
 
 
 def stream(
-    request: Request, engine: Engine, job: Job, fmt: ChunkFormat, include_usage: bool
+    request: Request,
+    engine: Engine,
+    job: Job,
+    fmt: ChunkFormat,
+    include_usage: bool,
+    control: StreamControl | None = None,
 ) -> EventSourceResponse:
     """The job's Server-Sent Events response in the given chunk format."""
+    settings = node_of(request).settings
     body = event_stream(
         engine,
         job,
         fmt,
         include_usage=include_usage,
         on_result=_record(request),
-        timeout=node_of(request).settings.request_timeout,
+        timeout=settings.request_timeout,
+        token_ids=control is not None and (control.token_ids or control.resume is not None),
+        resumed=control is not None and control.resume is not None,
+        keepalive=settings.keepalive_interval,
     )
     return EventSourceResponse(
         body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -20,6 +20,7 @@ from llamanet.node.routes._serving import (
     sampling_params,
     serve,
     stream,
+    stream_control,
     usage,
 )
 from llamanet.node.streaming import NativeFormat
@@ -30,13 +31,16 @@ __all__ = ["router"]
 router = APIRouter()
 
 
-async def _admit(engine: Engine, body: StreamingRequest) -> Job:
+async def _admit(engine: Engine, body: StreamingRequest, streaming: bool = False) -> Job:
     params = sampling_params(body, body.max_tokens)
-    return await admit(engine, params, prompt=body.prompt, messages=body.messages)
+    resume = stream_control(body, streaming).resume
+    return await admit(engine, params, prompt=body.prompt, messages=body.messages, resume=resume)
 
 
 @router.post("/generate", response_model=GenerateResponse, responses=ERRORS, tags=["native"])
 async def generate(request: Request, body: StreamingRequest) -> Response:
+    stream_control(body, False)  # a resumption needs the stream route
+
     async def local(engine: Engine) -> Response:
         result = await run(request, engine, await _admit(engine, body))
         response = GenerateResponse(
@@ -59,11 +63,15 @@ async def generate(request: Request, body: StreamingRequest) -> Response:
 async def generate_stream(request: Request, body: StreamingRequest) -> Response:
     """Server-Sent Events of `StreamingChunk`, ending with `data: [DONE]`."""
 
-    async def local(engine: Engine) -> Response:
-        job = await _admit(engine, body)
-        return stream(request, engine, job, NativeFormat(node_of(request).node_id), True)
+    control = stream_control(body, True)
+    resume = control.resume
 
-    return await serve(request, body.model, body.max_tokens, local)
+    async def local(engine: Engine) -> Response:
+        job = await _admit(engine, body, True)
+        fmt = NativeFormat(node_of(request).node_id, index=resume.index if resume else 0)
+        return stream(request, engine, job, fmt, True, control)
+
+    return await serve(request, body.model, body.max_tokens, local, resume=resume)
 
 
 @router.get("/status", response_model=NodeStatus, tags=["native"], responses=COMMON)

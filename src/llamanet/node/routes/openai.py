@@ -20,6 +20,7 @@ from llamanet.node.routes._serving import (
     sampling_params,
     serve,
     stream,
+    stream_control,
     usage,
 )
 from llamanet.node.streaming import ChatFormat, CompletionFormat
@@ -84,12 +85,20 @@ async def list_models(request: Request, local: bool = False) -> ModelList:
 
 
 async def _chat(request: Request, body: ChatCompletionRequest, streaming: bool) -> Response:
+    control = stream_control(body, streaming)
+    resume = control.resume
+
     async def local(engine: Engine) -> Response:
         params = sampling_params(body, body.token_budget())
-        job = await admit(engine, params, messages=body.messages)
+        job = await admit(engine, params, messages=body.messages, resume=resume)
         if streaming:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return stream(request, engine, job, ChatFormat(engine.model_id), include_usage)
+            fmt = ChatFormat(
+                engine.model_id,
+                stream_id=resume.id if resume else None,
+                created=resume.created if resume else None,
+            )
+            return stream(request, engine, job, fmt, include_usage, control)
         result = await run(request, engine, job)
         completion = ChatCompletion(
             model=engine.model_id,
@@ -103,7 +112,7 @@ async def _chat(request: Request, body: ChatCompletionRequest, streaming: bool) 
         )
         return JSONResponse(completion.model_dump())
 
-    return await serve(request, body.model, body.token_budget(), local)
+    return await serve(request, body.model, body.token_budget(), local, resume=resume)
 
 
 @router.post(
@@ -125,12 +134,20 @@ async def chat_completions_stream(request: Request, body: ChatCompletionRequest)
 
 @router.post("/v1/completions", response_model=Completion, responses=JSON_OR_SSE, tags=["openai"])
 async def completions(request: Request, body: CompletionRequest) -> Response:
+    control = stream_control(body, bool(body.stream))
+    resume = control.resume
+
     async def local(engine: Engine) -> Response:
         params = sampling_params(body, body.max_tokens)
-        job = await admit(engine, params, prompt=body.prompt_text())
+        job = await admit(engine, params, prompt=body.prompt_text(), resume=resume)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return stream(request, engine, job, CompletionFormat(engine.model_id), include_usage)
+            fmt = CompletionFormat(
+                engine.model_id,
+                stream_id=resume.id if resume else None,
+                created=resume.created if resume else None,
+            )
+            return stream(request, engine, job, fmt, include_usage, control)
         result = await run(request, engine, job)
         text = body.prompt_text() + result.text if body.echo else result.text
         completion = Completion(
@@ -140,4 +157,4 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
         )
         return JSONResponse(completion.model_dump())
 
-    return await serve(request, body.model, body.max_tokens, local)
+    return await serve(request, body.model, body.max_tokens, local, resume=resume)
