@@ -596,7 +596,7 @@ class _Relay:
             return None  # a JSON body cannot carry an error after its head: it just ends
         error = APIError(
             502,
-            f"The peer node {self.peer.node_id[:12]} serving this stream {failure}"
+            f"The peer node {self.peer.node_id[:12]} serving this stream failed ({failure})"
             + ("; no other node with the same model could resume it" if cooled else ""),
             code="peer_stream_broken",
         )
