@@ -16,7 +16,7 @@ LINTED := src tests bench examples
 # the checkers and tests read this tree's sources, wherever the venv's editable install points
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: demo test test-fast lint typecheck contracts bench bench-node bench-dht bench-gateway bench-load fuzz install clean
+.PHONY: demo test test-fast lint typecheck contracts bench bench-node bench-grammar bench-dht bench-gateway bench-load fuzz install clean
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ contracts: $(STAMP)
 
 bench-node: $(STAMP)
 	$(PY) bench/node_bench.py
+
+# tokens/s of grammar-constrained generation (structured output, forced tool calls) vs free
+bench-grammar: $(STAMP)
+	$(PY) bench/grammar_bench.py
 
 bench-dht: $(STAMP)
 	$(PY) bench/dht_bench.py

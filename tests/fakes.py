@@ -35,6 +35,8 @@ from llamanet.node.engine import (
     Piece,
     QueueFull,
     SamplingParams,
+    TokenLogprob,
+    TopLogprob,
 )
 from llamanet.node.node import LlamaNetNode
 
@@ -47,8 +49,13 @@ BOS = 1
 class FakeEngine:
     """A scripted engine for in-process tests (see the module docstring).
 
-    Every request yields `pieces` in order (one token each, cut at `max_tokens`; stop sequences
-    are not applied), then a `GenerationResult` with `finish_reason` (`"length"` when cut).
+    Every request yields `pieces` in order (one token each, cut at `max_tokens`; stop sequences,
+    grammars and logit biases are not applied: `submitted` records the parameters so tests can
+    assert what reached the engine), then a `GenerationResult` with `finish_reason` (`"length"`
+    when cut). `submit_n` forks n jobs; fork i answers `variants[i]` when variants are given.
+    With `params.logprobs = k` each piece carries a scripted `TokenLogprob` (logprob -0.25 per
+    position, k alternatives `alt0..`), and the result all of them. `tokenized` records what
+    was tokenized (the rendered chat or the prompt).
     `delay` seconds pass before each piece; `fail_after=k` raises `GenerationFailed` after k
     pieces; while `hold` is set-able and unset, a started request waits on it (a busy slot);
     `queue_full=True` refuses every request with `QueueFull(retry_after)`. Prompts tokenize to
@@ -56,8 +63,10 @@ class FakeEngine:
     """
 
     pieces: Sequence[str] = ("Hello", ",", " world", "!")
+    variants: Sequence[Sequence[str]] = ()
     model_id: str = "fake-model"
     n_ctx: int = 1024
+    n_vocab: int = 1000
     queue_size: int = 2
     parallel: int = 1
     n_gpu_layers: int = 0
@@ -71,8 +80,11 @@ class FakeEngine:
     metadata: dict[str, str] = field(default_factory=lambda: {"general.name": "fake"})
     stats: EngineStats = field(default_factory=EngineStats)
     submitted: list[tuple[list[int], SamplingParams]] = field(default_factory=list)
+    submitted_n: list[int] = field(default_factory=list)  # n of each submit_n call
+    tokenized: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)  # set once a request starts
     closed: bool = False
+    _scripts: dict[int, Sequence[str]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ public state
 
@@ -93,14 +105,15 @@ class FakeEngine:
 
     # ------------------------------------------------------------------ preparing requests
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
         turns = "".join(f"<{m['role']}> {m['content']}\n" for m in messages)
         return turns + "<assistant>"
 
     async def tokenize(
-        self, *, prompt: str | None = None, messages: list[dict[str, str]] | None = None
+        self, *, prompt: str | None = None, messages: list[dict[str, Any]] | None = None
     ) -> list[int]:
         text = self.render_chat(messages) if messages is not None else prompt or ""
+        self.tokenized.append(text)
         return [BOS, *(len(word) + 2 for word in text.split())]
 
     def submit(
@@ -123,6 +136,27 @@ class FakeEngine:
         self.stats.requests_total += 1
         return job
 
+    def submit_n(self, prompt_tokens: list[int], params: SamplingParams, n: int) -> list[Job]:
+        if self.stats.active + self.stats.queued + n > self.capacity and not self.queue_full:
+            self.stats.requests_rejected += 1
+            raise QueueFull(self.retry_after())
+        jobs = []
+        for index in range(n):
+            job = self.submit(prompt_tokens, params)
+            if self.variants:
+                self._scripts[id(job)] = self.variants[index % len(self.variants)]
+            jobs.append(job)
+        self.submitted_n.append(n)
+        return jobs
+
+    def _logprob(self, text: str, position: int, k: int) -> TokenLogprob:
+        alternatives = tuple(
+            TopLogprob(f"alt{j}", -1.0 - j, tuple(f"alt{j}".encode())) for j in range(k)
+        )
+        return TokenLogprob(
+            text, 100 + position, -0.25 * position, tuple(text.encode()), alternatives
+        )
+
     # ------------------------------------------------------------------ consuming results
 
     async def stream(self, job: Job) -> AsyncIterator[Piece | GenerationResult]:
@@ -136,8 +170,11 @@ class FakeEngine:
             if self.hold is not None:
                 await self.hold.wait()
             started = time.perf_counter()
-            script = list(self.pieces)[: job.max_tokens]
-            n = len(job.resume)
+            pieces = self._scripts.pop(id(job), self.pieces)
+            script = list(pieces)[: job.max_tokens]
+            k = job.params.logprobs
+            logprobs: list[TokenLogprob] = []
+            n = len(job.resume)  # a resumed job skips the pieces already generated
             for text in script[n:]:
                 if self.fail_after is not None and n >= self.fail_after:
                     outcome = "failed"
@@ -145,8 +182,10 @@ class FakeEngine:
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 n += 1
-                yield Piece(text, (100 + n,))
-            cut = len(self.pieces) > job.max_tokens
+                piece_logprobs = () if k is None else (self._logprob(text, n, k),)
+                logprobs.extend(piece_logprobs)
+                yield Piece(text, (100 + n,), piece_logprobs)
+            cut = len(pieces) > job.max_tokens
             outcome = "completed"
             yield GenerationResult(
                 text="".join(script),
@@ -158,6 +197,7 @@ class FakeEngine:
                 queue_ms=0.0,
                 duration_s=time.perf_counter() - started,
                 token_ids=[100 + i for i in range(1, n + 1)],
+                logprobs=logprobs,
             )
         finally:
             self._finish(job, outcome, n)

@@ -207,12 +207,22 @@ def test_extra_fields_are_ignored(client: httpx.Client, path: str) -> None:
     """Like OpenAI's newer SDKs sending fields this node does not know: served, not refused."""
     body = {
         **VALID[path],
-        "logit_bias": {"50256": -100},
+        "logit_bias": {"42": -100},
         "x_unknown": [1, {"a": None}],
         "response_format": {"type": "text"},
     }
     res = client.post(path, json=body)
     assert res.status_code == 200, res.text
+    assert_serves(client, path)
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_a_logit_bias_outside_the_vocabulary_is_400(client: httpx.Client, path: str) -> None:
+    """50256 is GPT-2's end of text, beyond the default model's 49152 tokens: a bias the engine
+    cannot apply is refused, not ignored."""
+    body = {**VALID[path], "logit_bias": {"50256": -100}}
+    err = assert_error(client.post(path, json=body), 400, "invalid_token", "logit_bias")
+    assert "50256" in err["message"] and "49151" in err["message"]
     assert_serves(client, path)
 
 
@@ -273,10 +283,30 @@ def test_unusual_but_valid_messages_are_served(client: httpx.Client) -> None:
                 "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": " there"}],
             }
         ],
-        [{"role": "tool", "content": "42"}, {"role": "user", "content": "\u0000 and \u2028"}],
+        [
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            {"role": "user", "content": "\u0000 and \u2028"},
+        ],
     ):
         res = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2})
         assert res.status_code == 200, (messages, res.text)
+
+
+def test_a_tool_message_must_answer_an_earlier_call(client: httpx.Client) -> None:
+    """A tool result without its call's id, or for a call no assistant message made: 400s."""
+    for messages, code in (
+        ([{"role": "tool", "content": "42"}], "invalid_value"),
+        ([{"role": "tool", "tool_call_id": "c9", "content": "42"}], "unknown_tool_call"),
+    ):
+        res = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2})
+        assert_error(res, 400, code)
+    assert_serves(client)
 
 
 # ------------------------------------------------------------------ context, budgets, sampling
@@ -317,7 +347,8 @@ def test_prompt_beyond_n_ctx_is_400_before_any_stream(client: httpx.Client, path
         ("repeat_penalty", 0, "invalid_value"),
         ("presence_penalty", 2.5, "invalid_value"),
         ("frequency_penalty", -3, "invalid_value"),
-        ("n", 2, "invalid_value"),
+        ("n", 0, "invalid_value"),
+        ("n", 9, "invalid_value"),  # above protocol.MAX_N
     ],
 )
 def test_budgets_and_sampling_out_of_range_are_400(

@@ -19,6 +19,7 @@ import pytest
 from llamanet.client import LlamaNetClient
 from llamanet.node.embeddings import EmbeddingService
 from llamanet.node.engine import EngineClosed, QueueFull
+from llamanet.node.node import GENERATION_CAPABILITIES
 
 pytestmark = pytest.mark.model
 
@@ -198,8 +199,8 @@ def test_models_advertise_what_each_node_serves(swarm: Swarm) -> None:
     def local(node: Any) -> Any:
         return node.get("/v1/models", params={"local": "1"}).json()["data"][0]["capabilities"]
 
-    assert local(swarm.a) == ["chat", "completions", "embeddings"]
-    assert local(swarm.b) == ["chat", "completions"]
+    assert local(swarm.a) == [*GENERATION_CAPABILITIES, "embeddings"]
+    assert local(swarm.b) == [*GENERATION_CAPABILITIES]
     records = {r["node_id"]: r for r in swarm.g.get("/nodes").json()["nodes"]}
     assert "embeddings" in records[node_id(swarm.a)]["models"][0]["capabilities"]
     assert "embeddings" not in records[node_id(swarm.b)]["models"][0]["capabilities"]

@@ -36,7 +36,7 @@ from llamanet.node.embeddings import (
     plan_batches,
 )
 from llamanet.node.engine import QueueFull
-from llamanet.node.node import LlamaNetNode
+from llamanet.node.node import GENERATION_CAPABILITIES, LlamaNetNode
 from llamanet.node.routes.embeddings import render
 from llamanet.protocol import MAX_EMBEDDING_INPUTS, EmbeddingRequest, ModelInfo, NodeRecord
 from llamanet.swarm.identity import NodeIdentity
@@ -399,12 +399,12 @@ async def test_a_node_without_embeddings_says_so(tmp_path: Path) -> None:
             "No node in the swarm serves embeddings for the model 'fake-model'."
         )
         card = (await http.get("/v1/models")).json()["data"][0]
-        assert card["capabilities"] == ["chat", "completions"]
+        assert card["capabilities"] == [*GENERATION_CAPABILITIES]
 
 
 async def test_models_advertise_embeddings(http: httpx.AsyncClient) -> None:
     card = (await http.get("/v1/models")).json()["data"][0]
-    assert card["capabilities"] == ["chat", "completions", "embeddings"]
+    assert card["capabilities"] == [*GENERATION_CAPABILITIES, "embeddings"]
     info = (await http.get("/info")).json()["models"][0]
     assert "embeddings" in info["capabilities"]
 

@@ -35,6 +35,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from llamanet.protocol import (
     MAX_TOKENS_LIMIT,
+    VALIDATION_CODES,
     ChatCompletionChunk,
     Completion,
     ErrorResponse,
@@ -51,9 +52,11 @@ GENERATION = {
     "/v1/chat/completions",
     "/v1/chat/completions/stream",
     "/v1/completions",
+    "/v1/responses",
     "/generate",
     "/generate/stream",
 }
+RESPONSES_ENDS = {"response.completed", "response.incomplete", "error"}
 CHUNK_MODELS = {
     "/v1/chat/completions": ChatCompletionChunk,
     "/v1/chat/completions/stream": ChatCompletionChunk,
@@ -87,7 +90,7 @@ def cap_tokens(case: Any) -> None:
     if case.path not in GENERATION or not isinstance(case.body, dict):
         return
     body = case.body
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(name)
         in_range = (
             isinstance(value, int | float)
@@ -97,25 +100,39 @@ def cap_tokens(case: Any) -> None:
         )
         if in_range:
             body[name] = min(int(value), MAX_TOKENS)
-        elif name == "max_tokens" and (name not in body or value is None):
-            body[name] = MAX_TOKENS
+        elif (name == "max_tokens" and case.path != "/v1/responses") or (
+            name == "max_output_tokens" and case.path == "/v1/responses"
+        ):
+            if name not in body or value is None:
+                body[name] = MAX_TOKENS
 
 
 # 400s no schema can predict: they depend on the model (its tokenizer, context, vocabulary, size)
 MODEL_DEPENDENT = {
     "context_length_exceeded",  # a prompt or embeddings input too long for the context
-    "invalid_token",  # an embeddings token id outside the vocabulary
+    "invalid_token",  # a token id (embeddings input, logit_bias) outside the vocabulary
     "unsupported_dimensions",  # embeddings `dimensions` other than the model's own
     "too_many_tokens",  # embeddings inputs beyond the per-request total
+    "template_error",  # a conversation the model's chat template refuses to render
+}
+# ... on the node's state (stored responses), on constraints between fields or messages that
+# JSON Schema cannot state (`protocol.VALIDATION_CODES`), or on what a grammar can enforce of a
+# JSON schema sent in the body
+UNPREDICTABLE_400 = {
+    *MODEL_DEPENDENT,
+    "previous_response_not_found",
+    "unsupported_schema",
+    "unsupported_combination",
+    *VALIDATION_CODES.values(),
 }
 
 
 def accepts_valid_data(ctx: Any, response: Any, case: Any) -> bool | None:
     """schemathesis' `positive_data_acceptance`, except for the 400s no schema can predict
-    (`MODEL_DEPENDENT`)."""
+    (`UNPREDICTABLE_400`)."""
     if response.status_code == 400:
         try:
-            if response.json()["error"]["code"] in MODEL_DEPENDENT:
+            if response.json()["error"]["code"] in UNPREDICTABLE_400:
                 return None
         except (ValueError, KeyError, TypeError):
             pass
@@ -139,6 +156,8 @@ def well_formed_stream(ctx: Any, response: Any, case: Any) -> bool | None:
     lines = SSE_LINES.split(response.content.decode("utf-8"))  # not str.splitlines: U+2028 ...
     events = [line[6:] for line in lines if line.startswith("data: ")]
     assert events, "an empty event stream"
+    if case.path == "/v1/responses":
+        return _well_formed_responses_stream(events)
     model = CHUNK_MODELS[case.path]
     if events[-1] != "[DONE]":  # the only other ending: one error event
         error = ErrorResponse.model_validate(json.loads(events[-1])).error
@@ -148,12 +167,34 @@ def well_formed_stream(ctx: Any, response: Any, case: Any) -> bool | None:
         # well formed, but nothing here should fail mid-stream: the 5xx of a stream
         raise AssertionError(f"the stream failed after it started: {error}")
     chunks = [model.model_validate(json.loads(data)) for data in events[:-1]]
-    finishes = [_finish_reason(chunk) for chunk in chunks]
-    ends = [i for i, reason in enumerate(finishes) if reason is not None]
-    assert len(ends) == 1, f"expected exactly one finish_reason, got {finishes}"
-    assert not any(_has_text(chunk) for chunk in chunks[ends[0] + 1 :])  # at most usage after
+    choices = {_choice(chunk) for chunk in chunks if _choice(chunk) is not None}
+    for index in choices:  # each choice (n > 1) ends once, and nothing of it follows its end
+        mine = [chunk for chunk in chunks if _choice(chunk) == index]
+        finishes = [_finish_reason(chunk) for chunk in mine]
+        ends = [i for i, reason in enumerate(finishes) if reason is not None]
+        assert len(ends) == 1, f"choice {index}: expected one finish_reason, got {finishes}"
+        assert not any(_has_text(chunk) for chunk in mine[ends[0] + 1 :])
     TALLY.streams["finished"] += 1
     return None
+
+
+def _well_formed_responses_stream(events: list[str]) -> None:
+    """The Responses event sequence: numbered from 0, `response.created` first, and one end."""
+    payloads = [json.loads(data) for data in events]
+    assert [p["sequence_number"] for p in payloads] == list(range(len(payloads)))
+    assert payloads[0]["type"] == "response.created"
+    kinds = [p["type"] for p in payloads]
+    assert kinds[-1] in RESPONSES_ENDS and not set(kinds[:-1]) & RESPONSES_ENDS, kinds
+    if kinds[-1] == "error":
+        TALLY.streams["error"] += 1
+        raise AssertionError(f"the stream failed after it started: {payloads[-1]}")
+    TALLY.streams["finished"] += 1
+
+
+def _choice(chunk: Any) -> int | None:
+    if isinstance(chunk, StreamingChunk):
+        return chunk.choice
+    return chunk.choices[0].index if chunk.choices else None
 
 
 def _finish_reason(chunk: Any) -> str | None:
@@ -164,12 +205,15 @@ def _finish_reason(chunk: Any) -> str | None:
 
 def _has_text(chunk: Any) -> bool:
     if isinstance(chunk, StreamingChunk):
-        return bool(chunk.text)
+        return bool(chunk.text or chunk.tool_calls)
     if not chunk.choices:
         return False
     choice = chunk.choices[0]
+    delta = getattr(choice, "delta", None)
     return bool(
-        getattr(choice, "text", None) or getattr(getattr(choice, "delta", None), "content", None)
+        getattr(choice, "text", None)
+        or getattr(delta, "content", None)
+        or getattr(delta, "tool_calls", None)
     )
 
 

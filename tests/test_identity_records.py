@@ -119,6 +119,16 @@ def test_signed_record_round_trips_and_stays_small() -> None:
     assert verify_record(record.model_dump_json()) == record
 
 
+def test_model_capabilities_travel_signed_and_small() -> None:
+    identity = NodeIdentity.generate()
+    caps = ["chat", "completions", "tools", "json_schema", "logprobs"]
+    models = [ModelInfo(id="smol", n_ctx=2048, quantization="Q4_1", capabilities=caps)]
+    record = sign_record(identity, **{**_fields(), "models": models})
+    wire = encode_record(record)
+    assert len(wire) < 400
+    assert verify_record(wire) == record and record.models[0].capabilities == caps
+
+
 def test_canonical_bytes_cover_everything_but_the_signature() -> None:
     identity = NodeIdentity.generate()
     record = sign_record(identity, **_fields())

@@ -10,6 +10,8 @@ import httpx
 import openai
 import pytest
 
+from llamanet.node.node import GENERATION_CAPABILITIES
+
 pytestmark = pytest.mark.model
 
 CHAT = [{"role": "user", "content": "Name three colors."}]
@@ -177,7 +179,7 @@ def test_status_info_health(node: Any) -> None:
             "id": "smol",
             "n_ctx": 512,
             "quantization": "Q4_1",
-            "capabilities": ["chat", "completions", "embeddings"],
+            "capabilities": [*GENERATION_CAPABILITIES, "embeddings"],
         }
     ]
     assert node.get("/health").status_code == 200
@@ -212,7 +214,7 @@ def _assert_error(res: httpx.Response, status: int, code: str | None = None) -> 
         ({"messages": CHAT, "max_tokens": -3}, "max_tokens"),
         ({"messages": CHAT, "max_tokens": "many"}, "max_tokens"),
         ({"messages": CHAT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"messages": CHAT, "n": 3}, "n"),
+        ({"messages": CHAT, "n": 9}, "n"),  # above protocol.MAX_N
         ({}, "messages"),
     ],
 )

@@ -20,6 +20,7 @@ from fakes import FakeEngine, serving
 
 from llamanet.node.config import NodeSettings
 from llamanet.node.metrics import Metrics
+from llamanet.node.node import GENERATION_CAPABILITIES
 from llamanet.protocol import (
     NODE_HEADER,
     ChatCompletion,
@@ -258,7 +259,7 @@ async def test_info_health_dht_status(http: httpx.AsyncClient, engine: FakeEngin
             "id": engine.model_id,
             "n_ctx": engine.n_ctx,
             "quantization": "Q4_0",
-            "capabilities": ["chat", "completions"],
+            "capabilities": [*GENERATION_CAPABILITIES],
             "fingerprint": None,  # an engine handed in is never hashed: no resumption
             "runtime": None,
         }
@@ -324,7 +325,7 @@ async def test_context_overflow_is_400_before_any_stream(http: httpx.AsyncClient
     ("method", "path"),
     [
         ("GET", "/v1/nothing"),
-        ("POST", "/v1/responses"),
+        ("POST", "/v1/responses/x/cancel"),
         ("POST", "/nothing/at/all"),
         ("PUT", "/v1/nothing"),
         ("DELETE", "/x"),
@@ -583,6 +584,8 @@ async def test_openapi_documents_every_route(http: httpx.AsyncClient) -> None:
         "/v1/chat/completions",
         "/v1/chat/completions/stream",
         "/v1/completions",
+        "/v1/responses",
+        "/v1/responses/{response_id}",
         "/v1/embeddings",
         "/generate",
         "/generate/stream",

@@ -18,11 +18,13 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     Tag,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -34,6 +36,29 @@ MAX_STOP_LENGTH = 256
 MAX_TOKENS_LIMIT = 1 << 20  # far beyond any context; a request above it is malformed, not long
 
 FinishReason = Literal["stop", "length"]
+
+
+# Validation errors of constraints that a JSON schema cannot state (between fields, between
+# messages, on the content of a schema) get their own error `code` instead of `invalid_value`,
+# so a client (and the fuzzing run, tests/test_fuzz_schemathesis.py) can tell them apart from a
+# body that breaks the published schema. Keys are this module's PydanticCustomError types.
+VALIDATION_CODES = {
+    "unknown_tool_call": "unknown_tool_call",
+    "tool_choice": "invalid_tool_choice",
+    "duplicate_tool": "duplicate_tool_name",
+    "invalid_schema": "invalid_schema",
+    "logprobs": "logprobs_required",
+    "tools": "tools_need_messages",
+    "unsupported": "unsupported_value",
+    "missing_schema": "missing_schema",
+    "input": "invalid_input",
+    "input_item": "invalid_input_item",
+}
+
+
+def validation_code(error_type: str | None) -> str:
+    """The error `code` of a validation error of this type (see `VALIDATION_CODES`)."""
+    return VALIDATION_CODES.get(error_type or "", "invalid_value")
 
 
 class _Lenient(BaseModel):
@@ -401,7 +426,22 @@ def _logit_bias(value: Any) -> Any:
     return out
 
 
-LogitBias = Annotated[dict[str, float] | None, BeforeValidator(_logit_bias)]
+_LOGIT_BIAS_SCHEMA: dict[str, Any] = {  # what `_logit_bias` enforces, for the OpenAPI schema
+    "anyOf": [
+        {
+            "type": "object",
+            "propertyNames": {"pattern": "^[0-9]+$"},
+            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+            "maxProperties": MAX_LOGIT_BIAS,
+        },
+        {"type": "null"},
+    ],
+    "title": "Logit Bias",
+    "description": "Token id (a string of digits, within the model's vocabulary) -> bias.",
+}
+LogitBias = Annotated[
+    dict[str, float] | None, BeforeValidator(_logit_bias), WithJsonSchema(_LOGIT_BIAS_SCHEMA)
+]
 
 
 _UNSUPPORTED = {  # known request fields this node cannot honour, and why
@@ -411,6 +451,9 @@ _UNSUPPORTED = {  # known request fields this node cannot honour, and why
     "background": "background responses are not supported",
     "conversation": "conversations are not supported: send previous_response_id or the input",
     "prompt": "stored prompt templates are not supported",
+    "web_search_options": "web search is not supported: this node has no tools of its own",
+    "moderation": "moderation policies are not supported",
+    "suffix": "suffix (text insertion) is not supported",
 }
 
 
@@ -427,7 +470,7 @@ Unsupported = Annotated[
 
 
 def _text_modality(value: Any) -> Any:
-    if value is None or value == ["text"]:
+    if value is None or (isinstance(value, list) and all(v == "text" for v in value)):
         return value
     raise PydanticCustomError(
         "text_only", "this model produces text only: 'modalities' may only be ['text']"
@@ -472,10 +515,26 @@ class TextContentPart(_Lenient):
 
 
 def _content_rule(schema: dict[str, Any]) -> None:
-    """`_content_required` in the JSON schema: only an assistant message may lack content."""
-    schema["anyOf"] = [
-        {"properties": {"role": {"const": "assistant"}}},
-        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+    """`_content_required` in the JSON schema: only an assistant message may lack content or
+    carry tool_calls; a tool message names the call it answers."""
+    assistant = {"properties": {"role": {"const": "assistant"}}}
+    schema["allOf"] = [
+        {
+            "anyOf": [
+                assistant,
+                {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+            ]
+        },
+        {"anyOf": [assistant, {"properties": {"tool_calls": {"type": "null"}}}]},
+        {
+            "anyOf": [
+                {"properties": {"role": {"not": {"const": "tool"}}}},
+                {
+                    "required": ["tool_call_id"],
+                    "properties": {"tool_call_id": {"type": "string", "minLength": 1}},
+                },
+            ]
+        },
     ]
 
 
@@ -495,6 +554,8 @@ def _text_parts(value: Any) -> Any:
     parts = []
     for part in value:
         kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            kind = None  # the model's validation says what is wrong with it
         if kind in _NON_TEXT_PARTS:
             raise _text_only()
         if kind == "refusal" and isinstance(part.get("refusal"), str):
@@ -557,15 +618,12 @@ def check_tool_results(messages: list[ChatMessage]) -> None:
             )
 
 
-class ChatCompletionRequest(SamplingFields):
-    model: str | None = None
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: MaxTokens | None = None
+class ChoiceFields(SamplingFields):
+    """What shapes an answer beyond sampling: how many choices, structured output, tools,
+    logprobs and logit bias. Chat requests and the native `StreamingRequest` share them, so the
+    native API honours them exactly as chat does."""
+
     n: Annotated[int, Field(ge=1, le=MAX_N), Number] = 1
-    stream: StrictBool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None  # accepted and ignored
-    metadata: dict[str, str] | None = None  # accepted and ignored
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), Number] | None = None
     logit_bias: LogitBias = None
@@ -579,17 +637,6 @@ class ChatCompletionRequest(SamplingFields):
     ) = None
     tool_choice: ChatToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
-    # known fields this node cannot honour: a clear 400 rather than a silently different answer
-    functions: Unsupported = None
-    function_call: Unsupported = None
-    audio: Unsupported = None
-    modalities: Annotated[list[str] | None, BeforeValidator(_text_modality)] = None
-
-    @field_validator("messages")
-    @classmethod
-    def _tool_results_answer_calls(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        check_tool_results(messages)
-        return messages
 
     @field_validator("top_logprobs")
     @classmethod
@@ -615,15 +662,48 @@ class ChatCompletionRequest(SamplingFields):
         check_tool_choice(name, [tool.function.name for tool in info.data["tools"] or ()])
         return choice
 
-    def token_budget(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
-
     def tool_choice_mode(self) -> str:
         """'none', 'auto', 'required' or the forced function's name (OpenAI's defaults:
         'auto' with tools, 'none' without)."""
         if isinstance(self.tool_choice, NamedToolChoice):
             return self.tool_choice.function.name
         return self.tool_choice or ("auto" if self.tools else "none")
+
+    def logprobs_k(self) -> int | None:
+        """The engine's `SamplingParams.logprobs`: None when off, else the top-k asked for."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class ChatCompletionRequest(ChoiceFields):
+    model: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: MaxTokens | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None  # accepted and ignored
+    metadata: dict[str, str] | None = None  # accepted and ignored
+    # known fields this node cannot honour: a clear 400 rather than a silently different answer
+    functions: Unsupported = None
+    function_call: Unsupported = None
+    audio: Unsupported = None
+    web_search_options: Unsupported = None
+    moderation: Unsupported = None
+    modalities: Annotated[
+        list[str] | None,
+        BeforeValidator(_text_modality),
+        WithJsonSchema(
+            {"anyOf": [{"type": "array", "items": {"const": "text"}}, {"type": "null"}]}
+        ),
+    ] = None
+
+    @field_validator("messages")
+    @classmethod
+    def _tool_results_answer_calls(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        check_tool_results(messages)
+        return messages
+
+    def token_budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
 
 
 ChatFinishReason = Literal["stop", "length", "tool_calls"]
@@ -662,12 +742,22 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
-class ToolCallDeltaFunction(BaseModel):
+class _Sparse(BaseModel):
+    """Serialised without its null fields, as OpenAI sends deltas: a stream accumulator (the
+    SDK's included) merges each delta into what it has, so an explicit `"type": null` in a later
+    piece would erase the `"function"` of the first."""
+
+    @model_serializer(mode="wrap")
+    def _drop_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class ToolCallDeltaFunction(_Sparse):
     name: str | None = None
     arguments: str | None = None
 
 
-class ToolCallDelta(BaseModel):
+class ToolCallDelta(_Sparse):
     """A piece of a streamed tool call: the first carries id, type and name; later ones carry
     fragments of the arguments, to be concatenated per `index`."""
 
@@ -677,7 +767,7 @@ class ToolCallDelta(BaseModel):
     function: ToolCallDeltaFunction | None = None
 
 
-class ChatDelta(BaseModel):
+class ChatDelta(_Sparse):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
@@ -715,7 +805,7 @@ class CompletionRequest(SamplingFields):
     echo: StrictBool = False
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    suffix: None = None
+    suffix: Unsupported = None
     user: str | None = None
     logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS), Number] | None = None
     logit_bias: LogitBias = None
@@ -837,7 +927,7 @@ class EmbeddingRequest(_Lenient):
         if isinstance(self.input, str):
             return [self.input]
         if self.input and all(isinstance(t, int) for t in self.input):
-            return [self.input]  # type: ignore[list-item, return-value]  # one token array
+            return [self.input]  # type: ignore[return-value]  # one token array
         return self.input  # type: ignore[return-value]
 
 
@@ -877,6 +967,8 @@ def _responses_parts(value: Any) -> Any:
     parts = []
     for part in value:
         kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            kind = None
         if kind in _NON_TEXT_PARTS:
             raise _text_only()
         if kind == "refusal" and isinstance(part.get("refusal"), str):
@@ -1003,6 +1095,16 @@ class ResponsesTextConfig(_Lenient):
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
+def _no_truncation(value: Any) -> Any:
+    if value == "auto":
+        raise PydanticCustomError(
+            "unsupported",
+            "truncation 'auto' is not supported: input longer than the model's context is a 400 "
+            "(truncation 'disabled')",
+        )
+    return value
+
+
 class ResponsesRequest(_Lenient):
     """`POST /v1/responses`."""
 
@@ -1037,6 +1139,8 @@ class ResponsesRequest(_Lenient):
         | None
     ) = None
     parallel_tool_calls: StrictBool = True
+    max_tool_calls: Annotated[int, Field(ge=1), Number] | None = None  # calls beyond are dropped
+    truncation: Annotated[Literal["disabled"] | None, BeforeValidator(_no_truncation)] = None
     stream: StrictBool = False
     previous_response_id: str | None = None
     store: StrictBool = True
@@ -1311,8 +1415,10 @@ def _prompt_or_messages_rule(schema: dict[str, Any]) -> None:
     ]
 
 
-class StreamingRequest(SamplingFields):
-    """Native request for `/generate` and `/generate/stream`: a prompt or chat messages."""
+class StreamingRequest(ChoiceFields):
+    """Native request for `/generate` and `/generate/stream`: a prompt or chat messages, with
+    the chat request's answer-shaping fields (`n`, `response_format`, `tools`, `logprobs`, ...),
+    honoured the same way; tools need `messages`."""
 
     model_config = ConfigDict(extra="ignore", json_schema_extra=_prompt_or_messages_rule)
 
@@ -1324,36 +1430,68 @@ class StreamingRequest(SamplingFields):
     top_p: TopP = 0.9
     repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0), Number] = 1.1
 
+    @field_validator("messages")
+    @classmethod
+    def _tool_results_answer_calls(
+        cls, messages: list[ChatMessage] | None
+    ) -> list[ChatMessage] | None:
+        check_tool_results(messages or [])
+        return messages
+
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> StreamingRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.prompt is not None and self.tools:
+            raise PydanticCustomError("tools", "tools need 'messages', not a 'prompt'")
         return self
 
 
+class NativeChoice(BaseModel):
+    """One of the `n` answers of a native request (`GenerateResponse.choices`)."""
+
+    index: int
+    text: str
+    finish_reason: ChatFinishReason
+    tokens_generated: int
+    tool_calls: list[ToolCall] | None = None
+    logprobs: list[ChatTokenLogprob] | None = None
+
+
 class StreamingChunk(BaseModel):
-    """One event of `/generate/stream`."""
+    """One event of `/generate/stream`. With `n` > 1, `choice` says which answer it belongs to
+    (each answer ends with its own `finished` chunk); tool calls stream as `tool_calls` deltas
+    (as in OpenAI's chat chunks), logprobs per chunk when asked for."""
 
     text: str
     index: int
     finished: bool = False
-    finish_reason: FinishReason | None = None
+    finish_reason: ChatFinishReason | None = None
     node_id: str
     usage: Usage | None = None
     tokens_per_second: float | None = None
     ttft_ms: float | None = None
+    choice: int = 0
+    tool_calls: list[ToolCallDelta] | None = None
+    logprobs: list[ChatTokenLogprob] | None = None
 
 
 class GenerateResponse(BaseModel):
+    """`/generate`'s answer: the first (or only) answer at the top level, every answer in
+    `choices` when `n` > 1; `usage` counts the prompt once and every answer's tokens."""
+
     text: str
     tokens_generated: int
-    finish_reason: FinishReason
+    finish_reason: ChatFinishReason
     usage: Usage
     node_id: str
     model: str
     tokens_per_second: float
     ttft_ms: float
     generation_time: float
+    tool_calls: list[ToolCall] | None = None
+    logprobs: list[ChatTokenLogprob] | None = None
+    choices: list[NativeChoice] | None = None
 
 
 # --------------------------------------------------------------------------- node state

@@ -79,7 +79,9 @@ _STREAM_FAILURES = (*_REQUEST_FAILURES, SSEError, NodeError)
 
 
 class SamplingOptions(TypedDict, total=False):
-    """Sampling options beyond `max_tokens` / `temperature` (see `protocol.SamplingFields`)."""
+    """Options beyond `max_tokens` / `temperature`: sampling (`protocol.SamplingFields`) and
+    what shapes the answer (`protocol.ChoiceFields`, passed through as the chat API spells
+    them: `response_format`, `tools`, `tool_choice`, `logprobs`, `n`, ...)."""
 
     top_p: float
     top_k: int
@@ -89,6 +91,14 @@ class SamplingOptions(TypedDict, total=False):
     frequency_penalty: float
     seed: int | None
     stop: str | list[str] | None
+    n: int
+    response_format: dict[str, Any] | None
+    tools: list[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any] | None
+    parallel_tool_calls: bool | None
+    logprobs: bool | None
+    top_logprobs: int | None
+    logit_bias: dict[str, float] | None
 
 
 MessageLike = ChatMessage | dict[str, Any]
@@ -336,13 +346,15 @@ class LlamaNetClient:
         model: str | None,
         options: SamplingOptions,
     ) -> StreamingRequest:
-        return StreamingRequest(
-            prompt=prompt,
-            messages=_as_messages(messages) if messages is not None else None,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            model=model or self.model,
-            **options,
+        return StreamingRequest.model_validate(
+            {
+                "prompt": prompt,
+                "messages": _as_messages(messages) if messages is not None else None,
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "model": model or self.model,
+                **options,
+            }
         )
 
     def _failover(self, request: StreamingRequest) -> Failover[Failure]:

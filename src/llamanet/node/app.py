@@ -18,13 +18,14 @@ from llamanet.node.access import AccessControl
 from llamanet.node.errors import install_error_handlers
 from llamanet.node.middleware import RequestGuard, RequestLog, WebUI
 from llamanet.node.node import LlamaNetNode
-from llamanet.node.routes import embeddings, native, openai, swarm
+from llamanet.node.responses import ResponseStore
+from llamanet.node.routes import embeddings, native, openai, responses, swarm
 
 __all__ = ["WEB_DIR", "create_app"]
 
 WEB_DIR = Path(__file__).parent.parent / "web"  # llamanet/web, the static UI
 # no prefixes: their paths are the app's
-_ROUTERS = (openai.router, embeddings.router, native.router, swarm.router)
+_ROUTERS = (openai.router, responses.router, embeddings.router, native.router, swarm.router)
 
 
 def create_app(node: LlamaNetNode) -> FastAPI:
@@ -45,6 +46,7 @@ def create_app(node: LlamaNetNode) -> FastAPI:
         description="OpenAI-compatible and native inference API of one LlamaNet node.",
     )
     app.state.node = node
+    app.state.responses = ResponseStore()  # previous_response_id: this node's answers
     install_error_handlers(app)
     for router in _ROUTERS:
         app.include_router(router)

@@ -4,13 +4,18 @@
 inheriting from it, so the node can be handed any of them (`LlamaNetNode(settings, engine=...)`).
 The stream contract: `stream(job)` yields `Piece` objects, then exactly one `GenerationResult`;
 `submit` raises `QueueFull` / `ContextLengthExceeded` at once, before any response starts.
+Chat messages are dicts for the Jinja chat template: `role` and `content`, and (history of tool
+calls) an assistant's `tool_calls` and a tool message's `tool_call_id` / `name`. `n_vocab`
+bounds the token ids `SamplingParams.logit_bias` may name;
+`submit_n(prompt_tokens, params, n)` admits n sequences of one prompt (the choices of `n`),
+all or none; fork i samples with `seed + i`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from llamanet.node.engine import EngineStats, GenerationResult, Job, Piece, SamplingParams
 
@@ -28,6 +33,9 @@ class Engine(Protocol):
 
     @property
     def n_ctx(self) -> int: ...
+
+    @property
+    def n_vocab(self) -> int: ...
 
     @property
     def metadata(self) -> Mapping[str, str]: ...
@@ -55,15 +63,17 @@ class Engine(Protocol):
 
     def retry_after(self) -> int: ...
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str: ...
+    def render_chat(self, messages: list[dict[str, Any]]) -> str: ...
 
     async def tokenize(
-        self, *, prompt: str | None = None, messages: list[dict[str, str]] | None = None
+        self, *, prompt: str | None = None, messages: list[dict[str, Any]] | None = None
     ) -> list[int]: ...
 
     def submit(
         self, prompt_tokens: list[int], params: SamplingParams, *, resume_tokens: Sequence[int] = ()
     ) -> Job: ...
+
+    def submit_n(self, prompt_tokens: list[int], params: SamplingParams, n: int) -> list[Job]: ...
 
     def stream(self, job: Job) -> AsyncIterator[Piece | GenerationResult]: ...
 

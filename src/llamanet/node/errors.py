@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llamanet.node.engine import ContextLengthExceeded, EngineClosed, EngineError, QueueFull
-from llamanet.protocol import ErrorDetail, ErrorResponse
+from llamanet.protocol import ErrorDetail, ErrorResponse, validation_code
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
         return f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
     where = f"'{param}'" if param else "the request body"
     extra = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"Invalid value for {where}: {msg}.{extra}", param, "invalid_value"
+    return f"Invalid value for {where}: {msg}.{extra}", param, validation_code(first.get("type"))
 
 
 def install_error_handlers(app: FastAPI) -> None:

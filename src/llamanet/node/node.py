@@ -41,6 +41,10 @@ __all__ = ["LlamaNetNode"]
 log = logging.getLogger(__name__)
 announce = logging.getLogger("llamanet.ready")  # addresses: logged whatever the log level
 
+# What the generation routes do with any model (`llamanet.node.work`): tool calls, structured
+# output and logprobs are properties of the sampler, not of the model.
+GENERATION_CAPABILITIES = ("chat", "completions", "tools", "json_schema", "logprobs", "responses")
+
 
 class LlamaNetNode:
     """Everything one `llamanet node` process runs (see the module docstring)."""
@@ -197,7 +201,7 @@ class LlamaNetNode:
         """What this node serves of its model: its record and `/v1/models` advertise it."""
         if self.engine is None:
             return []
-        served = ["chat", "completions"]
+        served = list(GENERATION_CAPABILITIES)
         if self.embeddings is not None:
             served.append("embeddings")
         return served

@@ -58,6 +58,7 @@ from llamanet.protocol import (
     ToolCallFunction,
     Usage,
     new_item_id,
+    validation_code,
 )
 
 __all__ = [
@@ -237,7 +238,7 @@ def to_chat(request: ResponsesRequest, store: ResponseStore) -> ResponsesTurn:
             400,
             f"Invalid input: {first['msg']}.",
             param=_chat_param(tuple(first.get("loc", ()))),
-            code="invalid_value",
+            code=validation_code(first.get("type")),
         ) from None
     messages = chat.messages[len(system) :]
     return ResponsesTurn(request, chat, messages)

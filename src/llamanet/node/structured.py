@@ -163,12 +163,12 @@ def _bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
         lo = math.ceil(schema["minimum"])
     if "exclusiveMinimum" in schema:
         value = schema["exclusiveMinimum"]
-        lo = max(lo if lo is not None else -math.inf, math.floor(value) + 1)  # type: ignore[assignment]
+        lo = max(lo if lo is not None else -math.inf, math.floor(value) + 1)
     if "maximum" in schema:
         hi = math.floor(schema["maximum"])
     if "exclusiveMaximum" in schema:
         value = schema["exclusiveMaximum"]
-        hi = min(hi if hi is not None else math.inf, math.ceil(value) - 1)  # type: ignore[assignment]
+        hi = min(hi if hi is not None else math.inf, math.ceil(value) - 1)
     return lo, hi
 
 
@@ -247,7 +247,7 @@ class _Converter(SchemaConverter):
         kind = schema.get("type")
         if isinstance(kind, list) and len(schema) > 1:  # keep the constraints in each branch
             branches = [{**schema, "type": t} for t in kind]
-            return self.visit({"anyOf": branches}, name)  # type: ignore[no-any-return]
+            return self.visit({"anyOf": branches}, name)
         if kind == "integer" and any(b in schema for b in _BOUNDS):
             lo, hi = _bounds(schema)
             return self._add_rule(rule_name, f"({int_range(lo, hi)}) space")  # type: ignore[no-any-return]
@@ -353,7 +353,7 @@ class GrammarBuilder:
             self._schemas += 1
             schema = json.loads(json.dumps(schema))  # resolve_refs rewrites refs in place
             resolved = self._converter.resolve_refs(schema, f"schema{self._schemas}")
-            return self._converter.visit(resolved, name)  # type: ignore[no-any-return]
+            return self._converter.visit(resolved, name)
         except SchemaNotSupported as exc:
             exc.detail.param = param
             raise
@@ -366,7 +366,7 @@ class GrammarBuilder:
     def primitive(self, name: str) -> str:
         """A JSON primitive rule of the converter: `string`, `value`, `object`, ..."""
         rule = _JSON_CHAR if name == "char" else PRIMITIVE_RULES[name]
-        return self._converter._add_primitive(name, rule)  # type: ignore[no-any-return]
+        return self._converter._add_primitive(name, rule)
 
     def grammar(self, root: str | None = None) -> str:
         """The whole grammar; `root` replaces (or sets) the `root` rule's body."""

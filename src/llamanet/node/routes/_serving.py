@@ -1,48 +1,58 @@
-"""What every generation route does around its own wire format: serve here or forward, admit.
+"""What every generation route does around its own wire format: serve here or forward, admit,
+stream or run to the end.
 
 A route hands `serve()` a `local(engine)` callback; `serve` runs it when this node has the model
 and room, and otherwise (model not here, or the local queue full and a peer known) forwards the
-request through the gateway. Admission (tokenize + `engine.submit`) happens before a response
-starts, so a full queue or a too-long prompt gets a real HTTP status, never a broken stream.
+request through the gateway. Admission (`llamanet.node.work`, then `start`) happens before a
+response starts, so a full queue or a too-long prompt gets a real HTTP status, never a broken
+stream. `stream` and `run` consume the choice events (`llamanet.node.choices`).
 
 A request may carry the internal `llamanet` field (`protocol.StreamControl`): token ids in the
 streamed chunks, or the resumption of a stream another node began (`llamanet.swarm.resume`).
-A resumption is served here or refused (409 `fingerprint_mismatch` when this node's model is
-not the one that began it), never forwarded: the resumer chose this node for its fingerprint.
+A resumption is for one choice without tool calls (what the resumer resumes); it is served here
+or refused (409 `fingerprint_mismatch` when this node's model is not the one that began it),
+never forwarded: the resumer chose this node for its fingerprint.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import cast
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from fastapi import Request
 from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse
 
+from llamanet.node.choices import ChoiceEnd, ChoiceEvent, choice_events, collect
 from llamanet.node.disconnect import unless_disconnected
-from llamanet.node.engine import GenerationResult, Job, QueueFull, SamplingParams
+from llamanet.node.engine import QueueFull
 from llamanet.node.engine_api import Engine
 from llamanet.node.errors import APIError, capability_not_served, model_not_found
 from llamanet.node.gateway import is_forwarded
 from llamanet.node.node import LlamaNetNode
-from llamanet.node.streaming import ChunkFormat, event_stream, usage_of
-from llamanet.protocol import ChatMessage, FinishReason, ResumeFrom, SamplingFields, StreamControl
+from llamanet.node.streaming import ChunkFormat, event_stream
+from llamanet.node.work import Work, submit
+from llamanet.protocol import (
+    ChoiceFields,
+    CompletionRequest,
+    ResumeFrom,
+    SamplingFields,
+    StreamControl,
+)
 
 __all__ = [
     "SWARM_ALIAS",
     "LocalHandler",
-    "admit",
     "check_resume",
-    "finish_reason",
+    "needed_capability",
     "node_of",
     "run",
-    "sampling_params",
     "serve",
+    "sse_response",
+    "start",
     "stream",
     "stream_control",
-    "usage",
+    "wants_token_ids",
 ]
 
 SWARM_ALIAS = "llamanet"  # the model name that means "any model the swarm serves"
@@ -127,20 +137,19 @@ async def serve(
     )
 
 
-def sampling_params(req: SamplingFields, max_tokens: int | None) -> SamplingParams:
-    """The engine's sampling parameters from a request's sampling fields."""
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        min_p=req.min_p,
-        repeat_penalty=req.repeat_penalty,
-        presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty,
-        seed=req.seed,
-        stop=tuple(req.stop_list()),
-    )
+def needed_capability(body: ChoiceFields | CompletionRequest) -> str | None:
+    """What a forwarded request needs of the node that serves it, so that it never reaches a
+    node that would ignore the field (`node.GENERATION_CAPABILITIES` come together, from one
+    version of the node: the first one needed stands for all)."""
+    if isinstance(body, CompletionRequest):
+        return "logprobs" if body.logprobs is not None else None
+    if body.tools:
+        return "tools"
+    if body.response_format is not None and body.response_format.type != "text":
+        return "json_schema"
+    if body.logprobs:
+        return "logprobs"
+    return None
 
 
 def check_resume(node: LlamaNetNode, engine: Engine, resume: ResumeFrom) -> None:
@@ -163,82 +172,82 @@ def check_resume(node: LlamaNetNode, engine: Engine, resume: ResumeFrom) -> None
         )
 
 
+def wants_token_ids(control: StreamControl) -> bool:
+    """Whether the stream's text chunks carry their token ids (a resumption always does)."""
+    return control.token_ids or control.resume is not None
+
+
 def stream_control(req: SamplingFields, streaming: bool) -> StreamControl:
-    """The request's internal `llamanet` field; a resumption is for streams only."""
+    """The request's internal `llamanet` field. A resumption continues one stream of one
+    choice without tool calls (a resumed tool-call stream would parse only its continuation)."""
     control = req.llamanet or StreamControl()
-    if control.resume is not None and not streaming:
+    if control.resume is None:
+        return control
+    if not streaming:
         raise APIError(
             400, "llamanet.resume continues a stream: it needs stream=true.", param="llamanet"
+        )
+    if isinstance(req, ChoiceFields | CompletionRequest) and req.n != 1:
+        raise APIError(400, "llamanet.resume continues one choice: it needs n=1.", param="n")
+    if isinstance(req, ChoiceFields) and req.tools and req.tool_choice_mode() != "none":
+        raise APIError(
+            400, "llamanet.resume cannot continue a stream that may call tools.", param="tools"
         )
     return control
 
 
-async def admit(
-    engine: Engine,
-    params: SamplingParams,
-    *,
-    prompt: str | None = None,
-    messages: list[ChatMessage] | None = None,
-    resume: ResumeFrom | None = None,
-) -> Job:
-    """Tokenizes the prompt (or renders the chat) and submits it; raises before any response."""
-    if messages is not None:
-        tokens = await engine.tokenize(
-            messages=[{"role": m.role, "content": m.text()} for m in messages]
-        )
-    else:
-        tokens = await engine.tokenize(prompt=prompt or "")
-    if resume is not None:
-        return engine.submit(tokens, params, resume_tokens=resume.token_ids)
-    return engine.submit(tokens, params)
+def start(
+    engine: Engine, work: Work, resume: ResumeFrom | None = None
+) -> AsyncGenerator[ChoiceEvent, None]:
+    """Admits `work` (raising before any response starts) and returns its choice events;
+    `resume`: the work continues from the token ids another node generated."""
+    jobs = submit(engine, work, resume_tokens=resume.token_ids if resume is not None else ())
+    return choice_events(engine, jobs, work)
 
 
-def _record(request: Request) -> Callable[[GenerationResult], None]:
-    def on_result(result: GenerationResult) -> None:
-        request.state.tokens = result.completion_tokens
-        node_of(request).metrics.ttft.observe(result.ttft_ms / 1000)
+def _record(request: Request) -> Callable[[ChoiceEnd], None]:
+    """Counts each choice's tokens for the access log; the first choice's TTFT for metrics."""
+    request.state.tokens = 0
 
-    return on_result
+    def on_end(end: ChoiceEnd) -> None:
+        request.state.tokens += end.result.completion_tokens
+        if end.index == 0:
+            node_of(request).metrics.ttft.observe(end.result.ttft_ms / 1000)
+
+    return on_end
 
 
 def stream(
     request: Request,
-    engine: Engine,
-    job: Job,
+    events: AsyncGenerator[ChoiceEvent, None],
     fmt: ChunkFormat,
-    include_usage: bool,
-    control: StreamControl | None = None,
+    include_usage: bool = False,
 ) -> EventSourceResponse:
-    """The job's Server-Sent Events response in the given chunk format."""
+    """The request's Server-Sent Events response in the given chunk format, with keep-alive
+    comments while no event comes (`Settings.keepalive_interval`)."""
     settings = node_of(request).settings
     body = event_stream(
-        engine,
-        job,
+        events,
         fmt,
         include_usage=include_usage,
-        on_result=_record(request),
+        on_end=_record(request),
         timeout=settings.request_timeout,
-        token_ids=control is not None and (control.token_ids or control.resume is not None),
-        resumed=control is not None and control.resume is not None,
         keepalive=settings.keepalive_interval,
     )
+    return sse_response(body)
+
+
+def sse_response(body: AsyncIterator[bytes]) -> EventSourceResponse:
     return EventSourceResponse(
         body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
 
 
-async def run(request: Request, engine: Engine, job: Job) -> GenerationResult:
-    """Runs the job to its end while the client stays (499) and within the timeout (504)."""
+async def run(request: Request, events: AsyncGenerator[ChoiceEvent, None]) -> list[ChoiceEnd]:
+    """Every choice's end, while the client stays (499) and within the timeout (504)."""
     timeout = node_of(request).settings.request_timeout
-    result = await unless_disconnected(request, engine.run(job), timeout)
-    _record(request)(result)
-    return result
-
-
-def finish_reason(result: GenerationResult) -> FinishReason:
-    """The engine types it `str`; the response models validate it (a ValidationError, not a
-    silent wrong value, should an engine ever report another)."""
-    return cast(FinishReason, result.finish_reason)
-
-
-usage = usage_of  # one definition of usage (streaming.usage_of)
+    ends = await unless_disconnected(request, collect(events), timeout)
+    on_end = _record(request)
+    for end in ends:
+        on_end(end)
+    return ends

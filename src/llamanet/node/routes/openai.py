@@ -1,8 +1,9 @@
 """The OpenAI-compatible routes: `/v1/models`, `/v1/chat/completions` (+ `/stream`),
 `/v1/completions`.
 
-Handlers only translate between the OpenAI wire format (`protocol`) and the engine; serving
-here or forwarding, and admission, are `_serving`'s.
+Handlers only translate between the OpenAI wire format (`protocol`) and the engine work
+(`llamanet.node.work`: grammars, tools, logprobs, `n`) and its choice events
+(`llamanet.node.choices`); serving here or forwarding, and admission, are `_serving`'s.
 """
 
 from __future__ import annotations
@@ -10,25 +11,25 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from llamanet.node.choices import ChoiceEnd, chat_completion, total_usage
 from llamanet.node.engine_api import Engine
+from llamanet.node.logprobs import completion_logprobs
 from llamanet.node.routes._openapi import COMMON, JSON_OR_SSE, SSE, error_doc
 from llamanet.node.routes._serving import (
-    admit,
-    finish_reason,
+    needed_capability,
     node_of,
     run,
-    sampling_params,
     serve,
+    start,
     stream,
     stream_control,
-    usage,
+    wants_token_ids,
 )
 from llamanet.node.streaming import ChatFormat, CompletionFormat
+from llamanet.node.work import chat_work, completion_work
 from llamanet.protocol import (
-    ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
-    ChatResponseMessage,
     Completion,
     CompletionChoice,
     CompletionRequest,
@@ -89,30 +90,31 @@ async def _chat(request: Request, body: ChatCompletionRequest, streaming: bool) 
     resume = control.resume
 
     async def local(engine: Engine) -> Response:
-        params = sampling_params(body, body.token_budget())
-        job = await admit(engine, params, messages=body.messages, resume=resume)
+        work = await chat_work(engine, body, body.messages, body.token_budget())
+        events = start(engine, work, resume)
+        logprobs = bool(body.logprobs)
         if streaming:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             fmt = ChatFormat(
                 engine.model_id,
-                stream_id=resume.id if resume else None,
-                created=resume.created if resume else None,
+                n=work.n,
+                logprobs=logprobs,
+                token_ids=wants_token_ids(control),
+                resume=resume,
             )
-            return stream(request, engine, job, fmt, include_usage, control)
-        result = await run(request, engine, job)
-        completion = ChatCompletion(
-            model=engine.model_id,
-            usage=usage(result),
-            choices=[
-                ChatChoice(
-                    message=ChatResponseMessage(content=result.text),
-                    finish_reason=finish_reason(result),
-                )
-            ],
-        )
+            return stream(request, events, fmt, include_usage)
+        ends = await run(request, events)
+        completion = chat_completion(engine.model_id, ends, logprobs=logprobs)
         return JSONResponse(completion.model_dump())
 
-    return await serve(request, body.model, body.token_budget(), local, resume=resume)
+    return await serve(
+        request,
+        body.model,
+        body.token_budget(),
+        local,
+        capability=needed_capability(body),
+        resume=resume,
+    )
 
 
 @router.post(
@@ -132,29 +134,53 @@ async def chat_completions_stream(request: Request, body: ChatCompletionRequest)
     return await _chat(request, body, True)
 
 
+def _completion(model: str, body: CompletionRequest, ends: list[ChoiceEnd]) -> Completion:
+    echo = body.prompt_text() if body.echo else ""
+    return Completion(
+        model=model,
+        usage=total_usage([end.result for end in ends]),
+        choices=[
+            CompletionChoice(
+                index=end.index,
+                text=echo + end.content,
+                finish_reason=end.finish_reason,  # type: ignore[arg-type]
+                logprobs=None
+                if body.logprobs is None
+                else completion_logprobs(end.result.logprobs, offset=len(echo)),
+            )
+            for end in ends
+        ],
+    )
+
+
 @router.post("/v1/completions", response_model=Completion, responses=JSON_OR_SSE, tags=["openai"])
 async def completions(request: Request, body: CompletionRequest) -> Response:
+    """OpenAI (legacy) completions: `n`, `echo`, `logprobs` (top-k), `logit_bias`, streaming."""
     control = stream_control(body, bool(body.stream))
     resume = control.resume
 
     async def local(engine: Engine) -> Response:
-        params = sampling_params(body, body.max_tokens)
-        job = await admit(engine, params, prompt=body.prompt_text(), resume=resume)
+        work = await completion_work(engine, body)
+        events = start(engine, work, resume)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             fmt = CompletionFormat(
                 engine.model_id,
-                stream_id=resume.id if resume else None,
-                created=resume.created if resume else None,
+                n=work.n,
+                logprobs=body.logprobs is not None,
+                echo=body.prompt_text() if body.echo else None,
+                token_ids=wants_token_ids(control),
+                resume=resume,
             )
-            return stream(request, engine, job, fmt, include_usage, control)
-        result = await run(request, engine, job)
-        text = body.prompt_text() + result.text if body.echo else result.text
-        completion = Completion(
-            model=engine.model_id,
-            usage=usage(result),
-            choices=[CompletionChoice(text=text, finish_reason=finish_reason(result))],
-        )
-        return JSONResponse(completion.model_dump())
+            return stream(request, events, fmt, include_usage)
+        ends = await run(request, events)
+        return JSONResponse(_completion(engine.model_id, body, ends).model_dump())
 
-    return await serve(request, body.model, body.max_tokens, local, resume=resume)
+    return await serve(
+        request,
+        body.model,
+        body.max_tokens,
+        local,
+        capability=needed_capability(body),
+        resume=resume,
+    )

@@ -1,0 +1,235 @@
+"""What comes out of the engine becomes choices: one event stream for a request's `n` sequences.
+
+`choice_events(engine, jobs, work)` merges the sequences' streams (in the order their pieces
+arrive) into `ChoiceText`, `ChoiceCall` and `ChoiceEnd` events, each naming its choice's index.
+When the work parses tool calls, each choice's text goes through its own `ToolCallParser`:
+content comes out as `ChoiceText`, calls as `ChoiceCall` deltas (OpenAI's `delta.tool_calls`
+pieces), and a choice that called a tool ends with `finish_reason` `"tool_calls"`.
+
+Log-probabilities travel with the text they belong to: a piece's logprobs wait for the next text
+event of their choice (the parser may hold text back, or turn it into a call) and what is left
+goes with the choice's end. Token ids travel the same way (`ChoiceText.token_ids`: the ids of
+the pieces since the previous text event of the choice), so the ids a stream delivered always
+spell the text it delivered (what a resumption on another node continues from). Every format
+(chat and completion chunks, native chunks, Responses events) and the whole-answer path
+(`collect`) read the same events, so a streamed answer and a whole one cannot disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from llamanet.node.engine import GenerationResult, Job, Piece, TokenLogprob
+from llamanet.node.engine_api import Engine
+from llamanet.node.logprobs import chat_logprobs
+from llamanet.node.structured import InvalidOutput, validate_output
+from llamanet.node.tool_parser import ContentDelta, ToolCallParser
+from llamanet.node.work import Work
+from llamanet.protocol import (
+    ChatChoice,
+    ChatCompletion,
+    ChatResponseMessage,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+__all__ = [
+    "ChoiceCall",
+    "ChoiceEnd",
+    "ChoiceEvent",
+    "ChoiceText",
+    "chat_completion",
+    "choice_events",
+    "collect",
+    "total_usage",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChoiceText:
+    index: int
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    token_ids: tuple[int, ...] = ()  # generated since the previous text event of the choice
+
+
+@dataclass(frozen=True)
+class ChoiceCall:
+    index: int
+    delta: ToolCallDelta
+
+
+@dataclass(frozen=True)
+class ChoiceEnd:
+    """A choice is complete: its finish reason, its whole content and calls, its result."""
+
+    index: int
+    finish_reason: str  # "stop" | "length" | "tool_calls"
+    result: GenerationResult
+    content: str
+    calls: list[ToolCall]
+    logprobs: tuple[TokenLogprob, ...] = ()  # not yet sent with a text event
+
+    def message_content(self) -> str | None:
+        """The message's content as OpenAI gives it: None when the answer is only calls."""
+        return self.content if self.content.strip() or not self.calls else None
+
+
+ChoiceEvent = ChoiceText | ChoiceCall | ChoiceEnd
+
+
+@dataclass
+class _State:
+    parser: ToolCallParser | None
+    pending: list[TokenLogprob] = field(default_factory=list)
+    pending_ids: list[int] = field(default_factory=list)
+
+    def take(self) -> tuple[TokenLogprob, ...]:
+        out, self.pending = tuple(self.pending), []
+        return out
+
+    def text(self, index: int, text: str) -> ChoiceText:
+        """A text event with the logprobs and token ids that waited for it."""
+        ids, self.pending_ids = tuple(self.pending_ids), []
+        return ChoiceText(index, text, self.take(), ids)
+
+
+async def _closing(items: AsyncIterator[Piece | GenerationResult]) -> None:
+    aclose = getattr(items, "aclose", None)  # an async generator: run its cleanup now
+    if aclose is not None:
+        await aclose()
+
+
+async def _merged(
+    engine: Engine, jobs: Sequence[Job]
+) -> AsyncGenerator[tuple[int, Piece | GenerationResult], None]:
+    """(choice index, item) from every job's stream as they come; closing it cancels them."""
+    if len(jobs) == 1:
+        items = engine.stream(jobs[0])
+        try:
+            async for item in items:
+                yield 0, item
+        finally:
+            await _closing(items)
+        return
+    queue: asyncio.Queue[tuple[int, Piece | GenerationResult | Exception]] = asyncio.Queue()
+
+    async def pump(index: int, job: Job) -> None:
+        try:
+            async for item in engine.stream(job):
+                queue.put_nowait((index, item))
+        except Exception as exc:  # the request fails as a whole
+            queue.put_nowait((index, exc))
+
+    tasks = [asyncio.create_task(pump(i, job)) for i, job in enumerate(jobs)]
+    try:
+        remaining = len(jobs)
+        while remaining:
+            index, got = await queue.get()
+            if isinstance(got, Exception):
+                raise got
+            if isinstance(got, GenerationResult):
+                remaining -= 1
+            yield index, got
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _check(work: Work, end: ChoiceEnd) -> None:
+    """The last check of structured output: grammar-constrained text always validates unless
+    it was cut; anything else is a defect worth a log line (the answer is sent as it is)."""
+    if end.finish_reason != "stop" or not (work.json_object or work.schema):
+        return
+    try:
+        validate_output(end.content, work.schema)
+    except InvalidOutput as exc:
+        log.warning("structured output of choice %d does not validate: %s", end.index, exc)
+
+
+async def choice_events(
+    engine: Engine, jobs: Sequence[Job], work: Work
+) -> AsyncGenerator[ChoiceEvent, None]:
+    """The request's events (see the module docstring); raises what the engine raises."""
+    plan = work.tools
+    states = [
+        _State(ToolCallParser(plan.format, plan.names) if plan and plan.parses_calls else None)
+        for _ in jobs
+    ]
+
+    def parsed(index: int, events: list[ContentDelta | ToolCallDelta]) -> list[ChoiceEvent]:
+        out: list[ChoiceEvent] = []
+        for event in events:
+            if isinstance(event, ContentDelta):
+                out.append(states[index].text(index, event.text))
+            else:
+                out.append(ChoiceCall(index, event))
+        return out
+
+    async with contextlib.aclosing(_merged(engine, jobs)) as items:
+        async for index, item in items:
+            state = states[index]
+            if isinstance(item, Piece):
+                state.pending.extend(item.logprobs)
+                state.pending_ids.extend(item.token_ids)
+                if state.parser is not None:
+                    for event in parsed(index, state.parser.feed(item.text)):
+                        yield event
+                elif item.text:
+                    yield state.text(index, item.text)
+                continue
+            parser = state.parser
+            if parser is not None:
+                for event in parsed(index, parser.finish()):
+                    yield event
+            calls = parser.calls if parser is not None else []
+            finish = item.finish_reason
+            if calls and finish == "stop":
+                finish = "tool_calls"
+            content = parser.content if parser is not None else item.text
+            end = ChoiceEnd(index, finish, item, content, list(calls), state.take())
+            _check(work, end)
+            yield end
+
+
+async def collect(events: AsyncGenerator[ChoiceEvent, None]) -> list[ChoiceEnd]:
+    """Every choice's end, in index order (the whole-answer path)."""
+    async with contextlib.aclosing(events):
+        ends = [event async for event in events if isinstance(event, ChoiceEnd)]
+    return sorted(ends, key=lambda end: end.index)
+
+
+def chat_completion(model: str, ends: Sequence[ChoiceEnd], *, logprobs: bool) -> ChatCompletion:
+    """The `chat.completion` object of a request's whole answers."""
+    return ChatCompletion(
+        model=model,
+        usage=total_usage([end.result for end in ends]),
+        choices=[
+            ChatChoice(
+                index=end.index,
+                message=ChatResponseMessage(
+                    content=end.message_content(), tool_calls=end.calls or None
+                ),
+                finish_reason=end.finish_reason,  # type: ignore[arg-type]
+                logprobs=chat_logprobs(end.result.logprobs) if logprobs else None,
+            )
+            for end in ends
+        ],
+    )
+
+
+def total_usage(results: Sequence[GenerationResult]) -> Usage:
+    """Usage of a request's choices: the prompt counted once, every choice's tokens."""
+    prompt = results[0].prompt_tokens if results else 0
+    completion = sum(result.completion_tokens for result in results)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
