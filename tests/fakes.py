@@ -116,7 +116,9 @@ class FakeEngine:
         self.tokenized.append(text)
         return [BOS, *(len(word) + 2 for word in text.split())]
 
-    def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Job:
+    def submit(
+        self, prompt_tokens: list[int], params: SamplingParams, *, resume_tokens: Sequence[int] = ()
+    ) -> Job:
         if self.closed:
             raise EngineClosed()
         room = self.n_ctx - len(prompt_tokens)
@@ -127,7 +129,9 @@ class FakeEngine:
             self.stats.requests_rejected += 1
             raise QueueFull(self.retry_after())
         self.submitted.append((list(prompt_tokens), params))
-        job = Job(list(prompt_tokens), max_tokens, params, asyncio.get_running_loop())
+        resume = list(resume_tokens)  # a resumed job skips the pieces already generated
+        loop = asyncio.get_running_loop()
+        job = Job(list(prompt_tokens), max_tokens, params, loop, resume=resume)
         self.stats.queued += 1
         self.stats.requests_total += 1
         return job
@@ -170,7 +174,8 @@ class FakeEngine:
             script = list(pieces)[: job.max_tokens]
             k = job.params.logprobs
             logprobs: list[TokenLogprob] = []
-            for text in script:
+            n = len(job.resume)  # a resumed job skips the pieces already generated
+            for text in script[n:]:
                 if self.fail_after is not None and n >= self.fail_after:
                     outcome = "failed"
                     raise GenerationFailed("generation failed: the fake engine was told to fail")

@@ -132,9 +132,11 @@ def test_the_client_never_prefers_a_node_that_fails_its_probe(
 def test_a_relayed_stream_broken_midway_ends_with_an_error_event(
     swarm: dict[str, NodeProcess],
 ) -> None:
-    """Kill -9 the node serving a stream through the gateway: the openai SDK gets the error
-    event (not a raw protocol error), the gateway counts a 502 and logs no traceback."""
+    """Kill -9 the node serving a stream through the gateway while the other node is frozen
+    (so no node can resume it, see test_resume.py): the openai SDK gets the error event (not a
+    raw protocol error), the gateway counts a 502 and logs no traceback."""
     g = swarm["g"]
+    others: list[NodeProcess] = []
     before = _count_502(g)
     sdk = openai.OpenAI(base_url=g.url + "/v1", api_key="none", max_retries=0, timeout=60)
     raw = sdk.chat.completions.with_raw_response.create(
@@ -148,7 +150,12 @@ def test_a_relayed_stream_broken_midway_ends_with_an_error_event(
             if chunk.choices and chunk.choices[0].delta.content:
                 received += 1
                 if received == 5:
+                    others = [n for n in (swarm["a"], swarm["b"]) if n is not serving]
+                    for other in others:
+                        os.kill(other.proc.pid, signal.SIGSTOP)
                     serving.proc.kill()
+    for other in others:
+        os.kill(other.proc.pid, signal.SIGCONT)
     assert received >= 5
     assert "failed" in str(info.value.message)
     assert not isinstance(info.value, openai.APIConnectionError)

@@ -174,12 +174,17 @@ def test_status_info_health(node: Any) -> None:
     status, info = node.get("/status").json(), node.get("/info").json()
     assert status["node_id"] == info["node_id"]
     assert status["requests_completed"] > 0 and status["tokens_per_second"] > 0
+    model = info["models"][0]
+    assert isinstance(model["fingerprint"], str) and model["fingerprint"]  # for resumption
+    assert model["runtime"].startswith("llama-cpp-python ")
     assert info["models"] == [
         {
             "id": "smol",
             "n_ctx": 512,
             "quantization": "Q4_1",
             "capabilities": [*GENERATION_CAPABILITIES, "embeddings"],
+            "fingerprint": model["fingerprint"],
+            "runtime": model["runtime"],
         }
     ]
     assert node.get("/health").status_code == 200

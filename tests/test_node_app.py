@@ -260,6 +260,8 @@ async def test_info_health_dht_status(http: httpx.AsyncClient, engine: FakeEngin
             "n_ctx": engine.n_ctx,
             "quantization": "Q4_0",
             "capabilities": [*GENERATION_CAPABILITIES],
+            "fingerprint": None,  # an engine handed in is never hashed: no resumption
+            "runtime": None,
         }
     ]
     assert info["model_path"] == str(engine.model_path)

@@ -152,6 +152,30 @@ _STOP_SCHEMA: dict[str, Any] = {  # what `_check_stop` enforces, for the OpenAPI
 }
 
 
+MAX_RESUME_TOKENS = 32768  # no context this engine runs is longer
+
+
+class ResumeFrom(_Lenient):
+    """Where a stream that broke on another node left off (`StreamControl.resume`)."""
+
+    token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_RESUME_TOKENS)]
+    id: Annotated[str, Field(max_length=128)] | None = None  # the OpenAI stream's id
+    created: Annotated[int, Field(ge=0)] | None = None
+    index: Annotated[int, Field(ge=0)] = 0  # the native stream's next chunk index
+    fingerprint: Annotated[str, Field(max_length=128)] | None = None  # ModelInfo.fingerprint
+
+
+class StreamControl(_Lenient):
+    """The internal `llamanet` field of a generation request: what the gateway and
+    `LlamaNetClient` ask of a node to be able to resume a stream on another one. `token_ids`:
+    every streamed chunk carries `llamanet_token_ids`, the ids generated since the previous
+    chunk; `resume`: continue that stream (same id, no second role chunk, usage counting every
+    token) from its token ids, on a node whose model has the same fingerprint."""
+
+    token_ids: bool = False
+    resume: ResumeFrom | None = None
+
+
 class SamplingFields(_Lenient):
     """Sampling options common to every generation request (OpenAI names plus llama.cpp's)."""
 
@@ -165,6 +189,9 @@ class SamplingFields(_Lenient):
     frequency_penalty: Penalty = 0.0
     seed: Annotated[int, Number] | None = None
     stop: Annotated[str | list[str] | None, WithJsonSchema(_STOP_SCHEMA)] = None
+    llamanet: StreamControl | None = Field(
+        default=None, description="Internal: stream resumption between LlamaNet nodes."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -1476,6 +1503,10 @@ class ModelInfo(BaseModel):
     quantization: str | None = None
     # what a node serves of the model: "chat", "completions", "embeddings", "tools", ...
     capabilities: list[str] = Field(default_factory=list)
+    # short sha256 of the GGUF file and the llama.cpp runtime: a stream resumes only on a node
+    # where both are the same
+    fingerprint: str | None = None
+    runtime: str | None = None
 
 
 class NodeStatus(BaseModel):

@@ -276,6 +276,22 @@ def node(
             "first_byte_timeout",
         ),
     ] = None,
+    stall_timeout: Annotated[
+        float | None,
+        _option(
+            "Seconds a relayed stream may stay silent (keep-alives included) before it is "
+            "resumed on another node with the same model; default 10.",
+            "stall_timeout",
+        ),
+    ] = None,
+    keepalive_interval: Annotated[
+        float | None,
+        _option(
+            "Seconds of silence in a stream (queued, long prefill) before a keep-alive "
+            "comment is sent; default 2.",
+            "keepalive_interval",
+        ),
+    ] = None,
     log_level: Annotated[str | None, _option("Log level (default info).", "log_level")] = None,
 ) -> None:
     """Run an inference node: OpenAI-compatible API, native API, web UI, DHT presence."""

@@ -8,7 +8,10 @@ failure means: a busy node is skipped, a broken one cooled down, a caller error 
 
 A node gets `first_byte_timeout` seconds to start its answer; past that, a liveness probe
 decides between a busy node (keep waiting, up to `timeout`) and a frozen one (next node). A
-stream that breaks after tokens were delivered raises `StreamInterrupted`: never a silently
+stream that breaks, ends early or stalls (nothing, the nodes' keep-alives included, for
+`stall_timeout` seconds) after tokens were delivered is resumed on a node with the same model
+fingerprint, from the token ids the chunks carried (`llamanet.swarm.resume`): the caller sees
+one stream. Only when no node can take over does it raise `StreamInterrupted`: never a silently
 short answer.
 """
 
@@ -19,7 +22,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 import httpx
@@ -51,12 +54,15 @@ from llamanet.protocol import (
 )
 from llamanet.swarm.failover import (
     DEFAULT_FIRST_BYTE_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
     Failover,
     Verdict,
     estimate_prompt_tokens,
+    model_identity,
     swarm_models,
     wait_for_answer,
 )
+from llamanet.swarm.resume import CONTROL_FIELD, TOKEN_IDS_FIELD, resume_body
 from llamanet.swarm.selector import NodeSelector
 
 if TYPE_CHECKING:
@@ -108,6 +114,16 @@ class _StreamState:
     complete: bool = False
 
 
+@dataclass
+class _Delivered:
+    """What the caller has of a stream across the nodes that served it."""
+
+    chunks: int = 0
+    token_ids: list[int] = field(default_factory=list)
+    next_index: int = 0
+    nodes: list[NodeRecord] = field(default_factory=list)
+
+
 class LlamaNetClient:
     """Async client of a LlamaNet swarm. Use as `async with LlamaNetClient(...) as client:`.
 
@@ -115,8 +131,9 @@ class LlamaNetClient:
     (`host:port`) to join as a light client. With neither, `http://127.0.0.1:8000` is used.
     `model` is the default model of requests (None: any node's model). A node must start its
     answer within `first_byte_timeout` seconds or prove it is alive (`GET /health`), and may
-    then take up to `timeout` seconds between bytes. `transport` replaces httpx's network
-    transport (tests, custom proxies).
+    then take up to `timeout` seconds between bytes; a stream silent for `stall_timeout`
+    seconds (nodes send keep-alives while a request waits) is resumed elsewhere. `transport`
+    replaces httpx's network transport (tests, custom proxies).
     """
 
     def __init__(
@@ -131,6 +148,7 @@ class LlamaNetClient:
         timeout: float = 120.0,
         connect_timeout: float = 3.0,
         first_byte_timeout: float = DEFAULT_FIRST_BYTE_TIMEOUT,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         retries: int = 2,
         api_key: str | None = None,
         refresh_interval: float = 5.0,
@@ -144,7 +162,10 @@ class LlamaNetClient:
         self.model = model
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        if stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive")
         self.first_byte_timeout = first_byte_timeout
+        self.stall_timeout = stall_timeout
         self.retries = retries
         self.selector = selector or NodeSelector(strategy, min_tps=min_tps, max_load=max_load)
         self.discovery = Discovery(
@@ -465,13 +486,17 @@ class LlamaNetClient:
     async def _stream(self, request: StreamingRequest) -> AsyncGenerator[StreamingChunk, None]:
         http = await self._ensure_started()
         body = request.model_dump(exclude_none=True)
+        body[CONTROL_FIELD] = {"token_ids": True}
         failover = self._failover(request)
+        got = _Delivered()
+        last: tuple[NodeRecord, str, BaseException] | None = None  # the latest break
         while (node := await failover.next_node()) is not None:
             url = self.url_of(node)
             state = _StreamState()
+            sent = body if not got.nodes else self._resume_body(body, failover, got)
             try:
                 with self.selector.track(node.node_id):
-                    events = self._stream_from(http, node, url, body, state)
+                    events = self._stream_from(http, node, url, sent, state, got)
                     async with contextlib.aclosing(events) as chunks:
                         async for chunk in chunks:
                             yield chunk
@@ -479,15 +504,56 @@ class LlamaNetClient:
                     raise MalformedAnswer("the stream ended without [DONE]")
             except _STREAM_FAILURES as exc:
                 failure = _stream_failure(exc, node.node_id, url, state)
-                if failure is not None:
+                if failure is None:  # whole after all
+                    failover.succeeded(node)
+                    return
+                if not got.chunks:  # nothing delivered yet: plain failover
                     if not self._failed(failover, node, failure):
                         raise failure from None
                     continue
-            # a resume step (issue 13) slots in above: on a failure after `state.delivered`
-            # chunks, continue on the next node instead of raising StreamInterrupted
+                # tokens were delivered: resume on a node with the same model, or surface it
+                if not got.nodes:
+                    got.nodes.append(node)
+                if isinstance(failure, NodeError) and failure.verdict is Verdict.RAISE:
+                    raise self._interrupted(got, failover, node, url, exc) from exc
+                self._failed(failover, node, failure)
+                if not failover.resume_on_same_model(got.nodes[0]):
+                    raise self._interrupted(got, failover, node, url, exc) from exc
+                last = (node, url, exc)
+                continue
             failover.succeeded(node)
             return
+        if got.chunks and last is not None:
+            broken_node, broken_url, broken = last
+            raise self._interrupted(got, failover, broken_node, broken_url, broken)
         raise self._exhausted(failover)
+
+    @staticmethod
+    def _resume_body(
+        body: dict[str, Any], failover: Failover[Failure], got: _Delivered
+    ) -> dict[str, Any]:
+        identity = model_identity(got.nodes[0], failover.model)
+        return resume_body(
+            body,
+            got.token_ids,
+            fingerprint=identity[0] if identity else None,
+            index=got.next_index,
+        )
+
+    @staticmethod
+    def _interrupted(
+        got: _Delivered, failover: Failover[Failure], node: NodeRecord, url: str, exc: BaseException
+    ) -> StreamInterrupted:
+        error = exc if isinstance(exc, NodeError) else None
+        reason = "" if error else f"{type(exc).__name__}: {exc}"
+        return StreamInterrupted(
+            node.node_id,
+            url,
+            got.chunks,
+            error=error,
+            reason=reason,
+            nodes_tried=[r.node_id for r in failover.tried],
+        )
 
     async def _stream_from(
         self,
@@ -496,9 +562,14 @@ class LlamaNetClient:
         url: str,
         body: dict[str, Any],
         state: _StreamState,
+        got: _Delivered,
     ) -> AsyncGenerator[StreamingChunk, None]:
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
-        outgoing = http.build_request("POST", f"{url}/generate/stream", json=body, headers=headers)
+        # a read that waits longer than the stall timeout fails: a live node sends keep-alives
+        timeout = httpx.Timeout(self.timeout, connect=self.connect_timeout, read=self.stall_timeout)
+        outgoing = http.build_request(
+            "POST", f"{url}/generate/stream", json=body, headers=headers, timeout=timeout
+        )
         response = await self._answer(node, http.send(outgoing, stream=True))
         try:
             if response.status_code >= 400:
@@ -509,10 +580,13 @@ class LlamaNetClient:
                 if event.data == "[DONE]":
                     state.complete = True
                     return
-                chunk = _parse_chunk(event.data, served_by, url)
+                chunk, ids = _parse_chunk(event.data, served_by, url)
                 if chunk.finished:
                     state.complete = True  # the answer is whole even if [DONE] never comes
                 state.delivered += 1
+                got.chunks += 1
+                got.token_ids.extend(ids)
+                got.next_index = chunk.index + 1
                 yield chunk
         finally:
             await response.aclose()
@@ -520,20 +594,17 @@ class LlamaNetClient:
 
 def _stream_failure(exc: Exception, node_id: str, url: str, state: _StreamState) -> Failure | None:
     """What a failed stream means for failover: a failure to record, None if the answer was
-    whole after all; raises when tokens were sent already (`StreamInterrupted`)."""
+    whole after all."""
     if state.complete:
         log.debug("stream from %s ended uncleanly after it finished: %r", url, exc)
         return None
-    if state.delivered:
-        error = exc if isinstance(exc, NodeError) else None
-        reason = "" if error else f"{type(exc).__name__}: {exc}"
-        raise StreamInterrupted(node_id, url, state.delivered, error=error, reason=reason) from exc
     if isinstance(exc, NodeError):
         return exc
     return NodeUnreachable(node_id, url, exc)
 
 
-def _parse_chunk(data: str, node_id: str, url: str) -> StreamingChunk:
+def _parse_chunk(data: str, node_id: str, url: str) -> tuple[StreamingChunk, list[int]]:
+    """The chunk and the token ids it carried (the internal field, not part of the chunk)."""
     try:
         payload = json.loads(data)
     except ValueError as exc:
@@ -541,7 +612,9 @@ def _parse_chunk(data: str, node_id: str, url: str) -> StreamingChunk:
     if isinstance(payload, dict) and "error" in payload:
         detail = error_detail(payload, None, json.dumps(payload)[:500])
         raise NodeError(None, detail, node_id=node_id, url=url)
+    ids = payload.pop(TOKEN_IDS_FIELD, None) if isinstance(payload, dict) else None
     try:
-        return StreamingChunk.model_validate(payload)
-    except ValidationError as exc:
+        chunk = StreamingChunk.model_validate(payload)
+        return chunk, [int(i) for i in ids] if isinstance(ids, list) else []
+    except (ValidationError, TypeError, ValueError) as exc:
         raise MalformedAnswer(f"not a StreamingChunk: {data[:100]!r}") from exc

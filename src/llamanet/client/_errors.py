@@ -100,16 +100,25 @@ class StreamInterrupted(LlamaNetError):
         *,
         error: NodeError | None = None,
         reason: str = "",
+        nodes_tried: list[str] | None = None,
     ) -> None:
         detail = reason or (str(error) if error else "the stream ended early")
+        tried = nodes_tried or [node_id]
+        resumed = (
+            f" (resumed on {', '.join(n[:12] for n in tried[1:])}; no other node with the same "
+            "model could take over)"
+            if len(tried) > 1
+            else "; no other node with the same model could take over"
+        )
         super().__init__(
             f"stream from node {node_id[:12]} at {url} broke after {tokens_received} "
-            f"chunks: {detail}"
+            f"chunks: {detail}{resumed}"
         )
         self.node_id = node_id
         self.url = url
         self.tokens_received = tokens_received
         self.error = error
+        self.nodes_tried = tried  # every node that served or was asked to resume the stream
 
 
 class MalformedAnswer(Exception):

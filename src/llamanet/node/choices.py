@@ -8,9 +8,11 @@ pieces), and a choice that called a tool ends with `finish_reason` `"tool_calls"
 
 Log-probabilities travel with the text they belong to: a piece's logprobs wait for the next text
 event of their choice (the parser may hold text back, or turn it into a call) and what is left
-goes with the choice's end. Every format (chat and completion chunks, native chunks, Responses
-events) and the whole-answer path (`collect`) read the same events, so a streamed answer and a
-whole one cannot disagree.
+goes with the choice's end. Token ids travel the same way (`ChoiceText.token_ids`: the ids of
+the pieces since the previous text event of the choice), so the ids a stream delivered always
+spell the text it delivered (what a resumption on another node continues from). Every format
+(chat and completion chunks, native chunks, Responses events) and the whole-answer path
+(`collect`) read the same events, so a streamed answer and a whole one cannot disagree.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class ChoiceText:
     index: int
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    token_ids: tuple[int, ...] = ()  # generated since the previous text event of the choice
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,16 @@ ChoiceEvent = ChoiceText | ChoiceCall | ChoiceEnd
 class _State:
     parser: ToolCallParser | None
     pending: list[TokenLogprob] = field(default_factory=list)
+    pending_ids: list[int] = field(default_factory=list)
 
     def take(self) -> tuple[TokenLogprob, ...]:
         out, self.pending = tuple(self.pending), []
         return out
+
+    def text(self, index: int, text: str) -> ChoiceText:
+        """A text event with the logprobs and token ids that waited for it."""
+        ids, self.pending_ids = tuple(self.pending_ids), []
+        return ChoiceText(index, text, self.take(), ids)
 
 
 async def _closing(items: AsyncIterator[Piece | GenerationResult]) -> None:
@@ -160,7 +169,7 @@ async def choice_events(
         out: list[ChoiceEvent] = []
         for event in events:
             if isinstance(event, ContentDelta):
-                out.append(ChoiceText(index, event.text, states[index].take()))
+                out.append(states[index].text(index, event.text))
             else:
                 out.append(ChoiceCall(index, event))
         return out
@@ -170,11 +179,12 @@ async def choice_events(
             state = states[index]
             if isinstance(item, Piece):
                 state.pending.extend(item.logprobs)
+                state.pending_ids.extend(item.token_ids)
                 if state.parser is not None:
                     for event in parsed(index, state.parser.feed(item.text)):
                         yield event
                 elif item.text:
-                    yield ChoiceText(index, item.text, state.take())
+                    yield state.text(index, item.text)
                 continue
             parser = state.parser
             if parser is not None:

@@ -9,7 +9,11 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from llamanet.swarm.failover import DEFAULT_FIRST_BYTE_TIMEOUT
+from llamanet.swarm.failover import (
+    DEFAULT_FIRST_BYTE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_STALL_TIMEOUT,
+)
 
 
 def default_home() -> Path:
@@ -38,6 +42,10 @@ class NodeSettings(BaseSettings):
     max_body_size: int = 1 << 20
     request_timeout: float = 600.0
     first_byte_timeout: float = Field(default=DEFAULT_FIRST_BYTE_TIMEOUT, gt=0)
+    # a relayed stream silent this long (keep-alives included) is resumed on another node
+    stall_timeout: float = Field(default=DEFAULT_STALL_TIMEOUT, gt=0)
+    # SSE keep-alive comments while a stream waits (queue, prefill): silence means failure
+    keepalive_interval: float = Field(default=DEFAULT_KEEPALIVE_INTERVAL, gt=0)
     dht_host: str | None = None
     dht_port: int = 8001
     bootstrap: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -13,7 +13,7 @@ all or none; fork i samples with `seed + i`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,7 +69,9 @@ class Engine(Protocol):
         self, *, prompt: str | None = None, messages: list[dict[str, Any]] | None = None
     ) -> list[int]: ...
 
-    def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Job: ...
+    def submit(
+        self, prompt_tokens: list[int], params: SamplingParams, *, resume_tokens: Sequence[int] = ()
+    ) -> Job: ...
 
     def submit_n(self, prompt_tokens: list[int], params: SamplingParams, n: int) -> list[Job]: ...
 

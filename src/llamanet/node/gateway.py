@@ -9,9 +9,17 @@ one cooled down, a caller error relayed as is.
 
 A peer gets `first_byte_timeout` seconds to send its response head; past that, a liveness probe
 (`GET /health`) tells a busy peer (keep waiting, up to `request_timeout`) from a frozen one (next
-peer, cooldown). Responses (streams included) are relayed as they arrive, streams event by event;
-a stream that breaks after its head ends with one `data: {"error": ...}` event and counts as a
-502. A client that goes away closes the upstream connection, so the peer stops generating too.
+peer, cooldown). Responses (streams included) are relayed as they arrive, streams event by event.
+
+A generation stream is *resumable*: the gateway asks the peer for the token ids of each chunk
+(an internal field it strips before relaying, `llamanet.swarm.resume`); when the peer breaks
+off, ends early, or sends nothing, keep-alives included, for `stall_timeout` seconds, it is
+cooled down at once and the same failover policy picks a peer with the same model fingerprint,
+which continues the stream from the ids delivered (same id, no second role chunk, one finish,
+usage counting every token, `[DONE]` once; the finish chunk names the nodes that served it).
+Only when none can take over does the stream end with one `data: {"error": ...}` event,
+counted as a 502. A client that goes away closes the upstream connection, so the peer stops
+generating too.
 A forwarded request carries `X-LlamaNet-Forwarded-By` and is never forwarded again.
 """
 
@@ -24,6 +32,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
@@ -36,14 +45,23 @@ from llamanet.node.errors import APIError, capability_not_served, model_not_foun
 from llamanet.protocol import NodeRecord
 from llamanet.swarm.failover import (
     DEFAULT_FIRST_BYTE_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
     Failover,
     Verdict,
     estimate_request_tokens,
     judge_status,
+    model_identity,
     swarm_models,
     wait_for_answer,
 )
 from llamanet.swarm.membership import FORWARDED_HEADER, SWARM_AUTH_HEADER, swarm_proof
+from llamanet.swarm.resume import (
+    StreamTranscript,
+    UpstreamError,
+    asking_token_ids,
+    can_resume,
+    resume_body,
+)
 from llamanet.swarm.selector import NodeSelector, offers
 
 __all__ = ["Gateway", "is_forwarded"]
@@ -56,6 +74,7 @@ MAX_ATTEMPTS: Final = 3
 MODEL_MEMORY: Final = 600.0  # a model seen this recently is "temporarily unavailable", not unknown
 WITHDRAWN_MEMORY: Final = 300.0  # how long a tombstone keeps older records of its node out
 MAX_WITHDRAWN: Final = 10_000
+DONE: Final = format_sse_event(data_str="[DONE]")
 _EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
@@ -81,6 +100,7 @@ class Gateway:
         request_timeout: float,
         on_forwarded: Callable[[], None] | None = None,
         first_byte_timeout: float = DEFAULT_FIRST_BYTE_TIMEOUT,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         refresh_interval: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -89,6 +109,7 @@ class Gateway:
         self.swarm_key = swarm_key
         self.on_forwarded = on_forwarded or (lambda: None)
         self.first_byte_timeout = first_byte_timeout
+        self.stall_timeout = stall_timeout
         self.selector = NodeSelector()
         # twice per heartbeat: a record (ttl = 3 heartbeats) is never missed, lookups stay rare
         self.refresh_interval = refresh_interval or max(0.5, heartbeat / 2)
@@ -199,6 +220,12 @@ class Gateway:
         body = await request.body()
         if prompt_tokens is None:
             prompt_tokens = _estimate(body)
+        payload = _json_object(body)
+        resumable = payload is not None and can_resume(request.url.path, payload)
+        caller_asked = False
+        if payload is not None and resumable:
+            asked, caller_asked = asking_token_ids(payload)
+            body = json.dumps(asked, separators=(",", ":")).encode()
         headers = {k: v for k, v in request.headers.items() if k.lower() in _PASS_REQUEST}
         headers[FORWARDED_HEADER] = self.node_id
         if self.swarm_key:
@@ -215,8 +242,11 @@ class Gateway:
             capability=capability,
         )
         while (peer := await failover.next_node()) is not None:
+            resume = None
+            if payload is not None and resumable:
+                resume = _Resume(failover, payload, headers, peer, strip=not caller_asked)
             try:
-                response = await self._relay(request, peer, body, headers, reason)
+                response = await self._relay(request, peer, body, headers, reason, resume)
             except _PeerFailed as exc:
                 seconds = failover.failed(peer, exc.verdict, exc.error, retry_after=exc.retry_after)
                 cooling = f"; cooling down {seconds:.0f}s" if seconds else ""
@@ -247,7 +277,13 @@ class Gateway:
         return _no_capacity("No node in the swarm can take this request right now", wait)
 
     async def _relay(
-        self, request: Request, peer: NodeRecord, body: bytes, headers: dict[str, str], reason: str
+        self,
+        request: Request,
+        peer: NodeRecord,
+        body: bytes,
+        headers: dict[str, str],
+        reason: str,
+        resume: _Resume | None = None,
     ) -> Response:
         url = peer.url.rstrip("/") + request.url.path
         upstream_request = self._http.build_request("POST", url, content=body, headers=headers)
@@ -271,7 +307,7 @@ class Gateway:
                 await upstream.aclose()
                 in_flight.close()
             return self._error_answer(peer, upstream)
-        relay = _Relay(self, request, peer, upstream, in_flight)
+        relay = _Relay(self, request, peer, upstream, in_flight, resume)
         if relay.events:  # a stream's head comes on admission; a JSON answer's only at its end
             self.selector.record_rtt(peer.node_id, time.perf_counter() - started)
         self.on_forwarded()
@@ -375,14 +411,29 @@ class _PeerFailed(Exception):
         return cls(error, Verdict.COOL_DOWN)
 
 
+@dataclass
+class _Resume:
+    """What a resumable stream needs to continue on another peer: the request's failover (the
+    one policy), its original body and headers, and the transcript of what was delivered."""
+
+    failover: Failover[APIError]
+    payload: dict[str, Any]
+    headers: dict[str, str]
+    first: NodeRecord
+    strip: bool = True
+    transcript: StreamTranscript = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.transcript = StreamTranscript(strip=self.strip, native=False)
+
+
 class _Relay:
     """One accepted upstream response, relayed to our client.
 
     Event streams are passed on event by event, so a break never leaves half an event behind:
-    what the client got is a prefix of whole events, then one error event. This is where a
-    resume on the next peer (issue 13) will slot in: `_broken` would ask the failover policy
-    for the next peer with the same model fingerprint and continue from the events delivered,
-    instead of ending the stream.
+    what the client got is a prefix of whole events. A resumable stream (`resume`) then goes
+    on from another peer (`_take_over`); any other, or one no peer can take over, ends with
+    one error event.
     """
 
     def __init__(
@@ -392,6 +443,7 @@ class _Relay:
         peer: NodeRecord,
         upstream: httpx.Response,
         in_flight: contextlib.ExitStack,
+        resume: _Resume | None = None,
     ) -> None:
         self.gateway = gateway
         self.request = request
@@ -399,43 +451,174 @@ class _Relay:
         self.upstream = upstream
         self.in_flight = in_flight
         self.events = "text/event-stream" in upstream.headers.get("content-type", "")
+        self.resume = resume if self.events else None
+        if self.resume is not None:
+            self.resume.transcript.native = request.url.path.endswith("/generate/stream")
+            self.resume.transcript.serving(peer.node_id)
         self.delivered = 0  # whole events passed on
 
     async def body(self) -> AsyncIterator[bytes]:
         """Relays the peer's bytes as they arrive; closing it (client gone) closes the upstream."""
-        pending = b""
         try:
-            async for chunk in self.upstream.aiter_bytes():  # decoded: we pass no encoding
-                if not self.events:
-                    yield chunk
-                    continue
-                pending += chunk
-                whole, count, pending = _split_events(pending)
-                if count:
-                    self.delivered += count
-                    yield whole
-        except httpx.HTTPError as exc:
-            broken = self._broken(exc)
-            if broken is not None:
-                yield broken
+            if self.resume is not None:
+                async for out in self._resumable(self.resume):
+                    yield out
+                return
+            pending = b""
+            try:
+                async for chunk in self.upstream.aiter_bytes():  # decoded: we pass no encoding
+                    if not self.events:
+                        yield chunk
+                        continue
+                    pending += chunk
+                    whole, count, pending = _split_events(pending)
+                    if count:
+                        self.delivered += count
+                        yield whole
+            except httpx.HTTPError as exc:
+                broken = self._broken(f"broke off its answer: {_describe(exc)}")
+                if broken is not None:
+                    yield broken
         finally:
             self.in_flight.close()
             with contextlib.suppress(Exception):
                 await self.upstream.aclose()
 
-    def _broken(self, exc: httpx.HTTPError) -> bytes | None:
+    async def _resumable(self, resume: _Resume) -> AsyncIterator[bytes]:
+        """A generation stream, continued on the next peer whenever its peer fails."""
+        transcript = resume.transcript
+        while True:
+            try:
+                async for event in _events(self.upstream, self.gateway.stall_timeout):
+                    out = transcript.relay(event)
+                    if out is not None:
+                        self.delivered += 1
+                        yield out
+                failure = "ended its stream before it was complete"
+            except httpx.HTTPError as exc:
+                failure = f"broke off its answer: {_describe(exc)}"
+            except TimeoutError:
+                failure = f"sent nothing for {self.gateway.stall_timeout:g} s"
+            except UpstreamError as exc:
+                failure = f"failed mid-stream: {exc}"
+            if transcript.whole:  # at most the usage chunk or [DONE] was lost
+                if not transcript.done:
+                    yield DONE
+                return
+            if not await self._take_over(resume, failure):
+                broken = self._broken(failure, cooled=True)
+                if broken is not None:
+                    yield broken
+                return
+
+    async def _take_over(self, resume: _Resume, failure: str) -> bool:
+        """Cool the failed peer down, and continue the stream on the best peer with the same
+        model fingerprint; False when none can."""
+        failover, transcript = resume.failover, resume.transcript
+        error = APIError(502, f"Peer node {self.peer.node_id[:12]} {failure}", code="peer_error")
+        seconds = failover.failed(self.peer, Verdict.COOL_DOWN, error)
+        log.warning("%s; cooling down %.0fs", error.detail.message, seconds)
+        self.in_flight.close()
+        with contextlib.suppress(Exception):
+            await self.upstream.aclose()
+        if not failover.resume_on_same_model(resume.first):
+            return False
+        identity = model_identity(resume.first, failover.model)
+        content = json.dumps(
+            resume_body(
+                resume.payload,
+                transcript.token_ids,
+                fingerprint=identity[0] if identity else None,
+                stream_id=transcript.stream_id,
+                created=transcript.created,
+                index=transcript.next_index,
+            ),
+            separators=(",", ":"),
+        ).encode()
+        gateway = self.gateway
+        while (peer := await failover.next_node()) is not None:
+            url = peer.url.rstrip("/") + self.request.url.path
+            outgoing = gateway._http.build_request(
+                "POST", url, content=content, headers=resume.headers
+            )
+            in_flight = contextlib.ExitStack()
+            in_flight.enter_context(gateway.selector.track(peer.node_id))
+            try:
+                upstream = await wait_for_answer(
+                    gateway._http.send(outgoing, stream=True),
+                    first_byte_timeout=gateway.first_byte_timeout,
+                    alive=lambda peer=peer: gateway._alive(peer),  # type: ignore[misc]
+                )
+            except (httpx.HTTPError, TimeoutError) as exc:
+                in_flight.close()
+                failed = _PeerFailed.broken(peer, f"failed before answering: {_describe(exc)}")
+                failover.failed(peer, failed.verdict, failed.error)
+                continue
+            except BaseException:
+                in_flight.close()
+                raise
+            if upstream.status_code >= 400 or "text/event-stream" not in upstream.headers.get(
+                "content-type", ""
+            ):
+                try:
+                    if upstream.status_code < 500:
+                        await upstream.aread()
+                except httpx.HTTPError:
+                    pass
+                finally:
+                    await upstream.aclose()
+                    in_flight.close()
+                try:
+                    gateway._error_answer(peer, upstream)
+                except _PeerFailed as exc:
+                    failover.failed(peer, exc.verdict, exc.error, retry_after=exc.retry_after)
+                    log.warning("resuming on %s: %s", peer.node_id[:12], exc.error.detail.message)
+                    continue
+                log.warning("peer %s refused to resume the stream", peer.node_id[:12])
+                return False  # the caller's error: every peer would refuse the same
+            self.peer, self.upstream, self.in_flight = peer, upstream, in_flight
+            transcript.serving(peer.node_id)
+            log.info(
+                "resumed a stream on %s after %d tokens",
+                peer.node_id[:12],
+                len(transcript.token_ids),
+            )
+            return True
+        return False
+
+    def _broken(self, failure: str, *, cooled: bool = False) -> bytes | None:
         """The peer broke off after its head: cool it down, count the request as a 502, and
         end an event stream with the error event the README promises."""
         self.request.state.failed_status = 502
-        self.gateway.mark_failed(self.peer, f"broke off its answer: {_describe(exc)}")
+        if not cooled:
+            self.gateway.mark_failed(self.peer, failure)
         if not self.events:
             return None  # a JSON body cannot carry an error after its head: it just ends
         error = APIError(
             502,
-            f"The peer node {self.peer.node_id[:12]} serving this stream failed: {_describe(exc)}",
+            f"The peer node {self.peer.node_id[:12]} serving this stream failed ({failure})"
+            + ("; no other node with the same model could resume it" if cooled else ""),
             code="peer_stream_broken",
         )
         return format_sse_event(data_str=json.dumps(error.body(), separators=(",", ":")))
+
+
+async def _events(upstream: httpx.Response, stall_timeout: float) -> AsyncIterator[bytes]:
+    """The whole SSE events of `upstream` one by one; `TimeoutError` after `stall_timeout`
+    seconds without a byte."""
+    chunks = upstream.aiter_bytes()
+    pending = b""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), stall_timeout)
+        except StopAsyncIteration:
+            return
+        pending += chunk
+        start = 0
+        for match in _EVENT_END.finditer(pending):
+            yield pending[start : match.end()]
+            start = match.end()
+        pending = pending[start:]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -448,6 +631,14 @@ def _split_events(buffer: bytes) -> tuple[bytes, int, bytes]:
         end = match.end()
         count += 1
     return buffer[:end], count, buffer[end:]
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def _estimate(body: bytes) -> int:

@@ -24,6 +24,7 @@ from llamanet.node.config import NodeSettings
 from llamanet.node.embeddings import EmbeddingService
 from llamanet.node.engine import LlamaEngine, default_gpu_layers
 from llamanet.node.engine_api import Engine
+from llamanet.node.fingerprint import model_fingerprint, runtime_build
 from llamanet.node.gateway import Gateway
 from llamanet.node.metrics import Metrics
 from llamanet.node.model_store import model_id_for, resolve_model
@@ -73,6 +74,10 @@ class LlamaNetNode:
         self._requests_forwarded = 0
         self._swarm = swarm_id(settings.swarm_key)
         self._loading: asyncio.Task[None] | None = None
+        # the model's identity for stream resumption (llamanet.node.fingerprint); None until
+        # hashed, and for an engine handed in (tests): such a node never resumes a stream
+        self.fingerprint: str | None = None
+        self.runtime: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -93,6 +98,7 @@ class LlamaNetNode:
                 request_timeout=s.request_timeout,
                 on_forwarded=self._count_forwarded,
                 first_byte_timeout=s.first_byte_timeout,
+                stall_timeout=s.stall_timeout,
             )
             if self._dht is not None:  # a node that leaves is dropped at once, not at a refresh
                 self._dht.on_withdrawn(self.gateway.withdrawn)
@@ -107,6 +113,7 @@ class LlamaNetNode:
             path = await asyncio.to_thread(resolve_model, s.model, s.models_dir)
             model_id = s.model_id or model_id_for(path)
             log.info("loading model %s from %s (n_ctx=%d per slot)", model_id, path, s.n_ctx)
+            hashing = asyncio.create_task(model_fingerprint(path, s.home))
             self.engine = await LlamaEngine.load(
                 path,
                 model_id=model_id,
@@ -124,7 +131,11 @@ class LlamaNetNode:
                     n_threads=s.n_threads or os.cpu_count(),
                     queue_size=s.queue_size,
                 )
-            log.info("model %s ready", model_id)
+            try:
+                self.fingerprint, self.runtime = await hashing, runtime_build()
+            except OSError as exc:  # the node serves; its streams just cannot be resumed
+                log.warning("could not fingerprint the model: %s", exc)
+            log.info("model %s ready (fingerprint %s)", model_id, self.fingerprint)
             if self._presence is not None:  # announce the model now, not at the next heartbeat
                 await self._presence.beat()
         except Exception as exc:
@@ -205,6 +216,8 @@ class LlamaNetNode:
                 n_ctx=e.n_ctx,
                 quantization=e.quantization,
                 capabilities=self.capabilities(),
+                fingerprint=self.fingerprint,
+                runtime=self.runtime,
             )
         ]
 

@@ -4,6 +4,14 @@ native), written from a request's choice events (`llamanet.node.choices`).
 Each format's fixed JSON (id, created, model) is rendered once per stream; per event only the
 choice is serialised. Framing goes through FastAPI's `fastapi.sse.format_sse_event`. The
 Responses API has its own event sequence (`llamanet.node.responses`).
+
+For stream resumption (`llamanet.swarm.resume`): asked for (`token_ids`), each text chunk
+carries the token ids generated since the previous one (`llamanet_token_ids`, from
+`ChoiceText.token_ids`: ids of pieces whose text is held back ride on the next text chunk, so
+delivered text and delivered ids always match); a resumed stream (`resume`) keeps the
+id/created (or native index) it was given and sends no role chunk (`start()` sends nothing);
+and while no event comes (queued, long prefill) a keep-alive comment goes out every `keepalive`
+seconds, so a relay can tell a silent stream from a dead node.
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ from llamanet.node.choices import ChoiceCall, ChoiceEnd, ChoiceEvent, ChoiceText
 from llamanet.node.engine import GenerationResult, TokenLogprob
 from llamanet.node.errors import stream_error_body
 from llamanet.node.logprobs import chat_logprob_items, chat_logprobs, completion_logprobs
-from llamanet.protocol import Usage, new_id
+from llamanet.protocol import ResumeFrom, Usage, new_id
+from llamanet.swarm.resume import TOKEN_IDS_FIELD
 
 DONE = format_sse_event(data_str="[DONE]")
+KEEPALIVE = b": keep-alive\n\n"
 
 
 def sse(payload: str) -> bytes:
@@ -44,7 +54,16 @@ def usage_of(result: GenerationResult) -> Usage:
 
 
 class ChunkFormat:
-    """How one stream format spells the events of a request's choices."""
+    """How one stream format spells the events of a request's choices.
+
+    `token_ids`: text chunks carry `llamanet_token_ids`; `resumed`: the continuation of a
+    stream begun on another node (no start chunks)."""
+
+    token_ids: bool = False
+    resumed: bool = False
+
+    def _ids(self, event: ChoiceText) -> dict[str, Any]:
+        return {TOKEN_IDS_FIELD: list(event.token_ids)} if self.token_ids else {}
 
     def start(self) -> list[bytes]:
         return []
@@ -74,20 +93,32 @@ class _OpenAIFormat(ChunkFormat):
     object_name = ""
     id_prefix = ""
 
-    def __init__(self, model: str, *, n: int = 1, logprobs: bool = False) -> None:
-        self.id = new_id(self.id_prefix)
+    def __init__(
+        self,
+        model: str,
+        *,
+        n: int = 1,
+        logprobs: bool = False,
+        token_ids: bool = False,
+        resume: ResumeFrom | None = None,
+    ) -> None:
+        self.id = (resume.id if resume is not None else None) or new_id(self.id_prefix)
         self.n = n
         self.logprobs = logprobs
+        self.token_ids = token_ids
+        self.resumed = resume is not None
+        created = resume.created if resume is not None else None
         head = {
             "id": self.id,
             "object": self.object_name,
-            "created": int(time.time()),
+            "created": created if created is not None else int(time.time()),
             "model": model,
         }
         self._head = _dumps(head)[:-1]  # without the closing brace
 
-    def _chunk(self, choice: dict[str, Any]) -> bytes:
-        return sse(f'{self._head},"choices":[{_dumps(choice)}]}}')
+    def _chunk(self, choice: dict[str, Any], extra: dict[str, Any] | None = None) -> bytes:
+        tail = "".join(f",{_dumps(key)}:{_dumps(value)}" for key, value in (extra or {}).items())
+        return sse(f'{self._head},"choices":[{_dumps(choice)}]{tail}}}')
 
     def usage(self, usage: Usage) -> bytes:
         return sse(f'{self._head},"choices":[],"usage":{usage.model_dump_json()}}}')
@@ -106,6 +137,8 @@ class ChatFormat(_OpenAIFormat):
         return chat_logprobs(items).model_dump(exclude_none=True) if items else None
 
     def start(self) -> list[bytes]:
+        if self.resumed:
+            return []
         return [
             self._chunk(
                 {
@@ -125,7 +158,8 @@ class ChatFormat(_OpenAIFormat):
                 "delta": {"content": event.text},
                 "logprobs": self._logprobs(event.logprobs),
                 "finish_reason": None,
-            }
+            },
+            self._ids(event),
         )
 
     def call(self, event: ChoiceCall) -> bytes:
@@ -159,9 +193,16 @@ class CompletionFormat(_OpenAIFormat):
     id_prefix = "cmpl"
 
     def __init__(
-        self, model: str, *, n: int = 1, logprobs: bool = False, echo: str | None = None
+        self,
+        model: str,
+        *,
+        n: int = 1,
+        logprobs: bool = False,
+        echo: str | None = None,
+        token_ids: bool = False,
+        resume: ResumeFrom | None = None,
     ) -> None:
-        super().__init__(model, n=n, logprobs=logprobs)
+        super().__init__(model, n=n, logprobs=logprobs, token_ids=token_ids, resume=resume)
         self.echo = echo
         self._offsets = [len(echo or "")] * n
 
@@ -171,20 +212,27 @@ class CompletionFormat(_OpenAIFormat):
         out = completion_logprobs(items, offset=self._offsets[index])
         return out.model_dump()
 
-    def _text(self, index: int, text: str, logprobs: Any, finish: str | None) -> bytes:
+    def _text(
+        self,
+        index: int,
+        text: str,
+        logprobs: Any,
+        finish: str | None,
+        extra: dict[str, Any] | None = None,
+    ) -> bytes:
         self._offsets[index] += len(text)
         return self._chunk(
-            {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+            {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}, extra
         )
 
     def start(self) -> list[bytes]:
-        if not self.echo:
+        if not self.echo or self.resumed:  # a resumed stream echoed where it began
             return []
         return [self._text(index, self.echo, None, None) for index in range(self.n)]
 
     def text(self, event: ChoiceText) -> bytes:
         logprobs = self._logprobs(event.index, event.logprobs)
-        return self._text(event.index, event.text, logprobs, None)
+        return self._text(event.index, event.text, logprobs, None, self._ids(event))
 
     def end(self, event: ChoiceEnd) -> list[bytes]:
         logprobs = self._logprobs(event.index, event.logprobs) if event.logprobs else None
@@ -196,11 +244,21 @@ class NativeFormat(ChunkFormat):
     stream; `choice` (n > 1), `tool_calls` and `logprobs` appear only when they say something;
     each choice's `finished` chunk carries its usage and speed."""
 
-    def __init__(self, node_id: str, *, n: int = 1, logprobs: bool = False) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        n: int = 1,
+        logprobs: bool = False,
+        token_ids: bool = False,
+        resume: ResumeFrom | None = None,
+    ) -> None:
         self.node_id = node_id
         self.n = n
         self.logprobs = logprobs
-        self.index = 0
+        self.token_ids = token_ids
+        self.resumed = resume is not None
+        self.index = resume.index if resume is not None else 0
 
     def _chunk(self, index: int, fields: dict[str, Any]) -> bytes:
         chunk: dict[str, Any] = {
@@ -222,7 +280,8 @@ class NativeFormat(ChunkFormat):
         return {"logprobs": [item.model_dump() for item in chat_logprob_items(items)]}
 
     def text(self, event: ChoiceText) -> bytes:
-        return self._chunk(event.index, {"text": event.text, **self._logprobs(event.logprobs)})
+        fields = {"text": event.text, **self._logprobs(event.logprobs), **self._ids(event)}
+        return self._chunk(event.index, fields)
 
     def call(self, event: ChoiceCall) -> bytes:
         return self._chunk(event.index, {"tool_calls": [event.delta.model_dump()]})
@@ -244,6 +303,34 @@ class NativeFormat(ChunkFormat):
         ]
 
 
+async def _with_keepalive(
+    events: AsyncGenerator[ChoiceEvent, None], every: float | None
+) -> AsyncGenerator[ChoiceEvent | None, None]:
+    """`events`, with a None after each `every` seconds of waiting for the next one. The wait
+    is one task per event, never cancelled by a keep-alive (cancelling it would end `events`)."""
+    if every is None:
+        async for event in events:
+            yield event
+        return
+    while True:
+        pending = asyncio.ensure_future(anext(events))
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=every)
+                if done:
+                    break
+                yield None
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await pending
+        try:
+            yield pending.result()
+        except StopAsyncIteration:
+            return
+
+
 async def event_stream(
     events: AsyncGenerator[ChoiceEvent, None],
     fmt: ChunkFormat,
@@ -251,16 +338,24 @@ async def event_stream(
     include_usage: bool = False,
     on_end: Callable[[ChoiceEnd], None] | None = None,
     timeout: float | None = None,
+    keepalive: float | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body of one request. An error after the start is one error event, then the end.
-    Closing the body closes `events` (and so cancels the request's sequences)."""
+    Closing the body closes `events` (and so cancels the request's sequences). `keepalive`:
+    seconds of silence before a keep-alive comment."""
     for chunk in fmt.start():
         yield chunk
     results: list[GenerationResult] = []
     try:
-        async with contextlib.aclosing(events), asyncio.timeout(timeout):
-            async for event in events:
-                if isinstance(event, ChoiceText):
+        async with (
+            contextlib.aclosing(events),
+            contextlib.aclosing(_with_keepalive(events, keepalive)) as items,
+            asyncio.timeout(timeout),
+        ):
+            async for event in items:
+                if event is None:
+                    yield KEEPALIVE
+                elif isinstance(event, ChoiceText):
                     out = fmt.text(event)
                     if out is not None:
                         yield out

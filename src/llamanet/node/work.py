@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -220,9 +221,14 @@ async def completion_work(engine: Engine, body: CompletionRequest) -> Work:
 # --------------------------------------------------------------------------- admission
 
 
-def submit(engine: Engine, work: Work) -> list[Job]:
+def submit(engine: Engine, work: Work, *, resume_tokens: Sequence[int] = ()) -> list[Job]:
     """Admits the work's `n` sequences, all or none (raises `QueueFull`,
-    `ContextLengthExceeded` before any response starts)."""
+    `ContextLengthExceeded` before any response starts). `resume_tokens`: the continuation
+    of a stream begun on another node (one sequence only)."""
+    if resume_tokens:
+        if work.n != 1:
+            raise ValueError("a resumed generation has one sequence")
+        return [engine.submit(work.prompt_tokens, work.params, resume_tokens=resume_tokens)]
     if work.n == 1:
         return [engine.submit(work.prompt_tokens, work.params)]
     return engine.submit_n(work.prompt_tokens, work.params, work.n)

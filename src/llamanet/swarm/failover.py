@@ -16,9 +16,13 @@ failure is handled the same way wherever the request came in:
 - **The caller's error** (any other `4xx`, an error event of a caller error type): every node
   would answer the same; it reaches the caller at once.
 
-Failover happens only before the first token. After it, a broken stream ends with an error
-(an error event through the gateway, `StreamInterrupted` in the client); resuming it on another
-node will slot in as one more step of `Failover` (see `Failover.resume_from`).
+Before the first token, failover is a plain retry on the next node. After it, a stream that
+breaks, ends early or stalls (nothing, keep-alives included, for `stall_timeout` seconds) is
+*resumed*: `Failover.resume_on_same_model` narrows the remaining candidates to nodes whose
+record shows the same model fingerprint and runtime, and the caller sends the next one the
+original request plus the token ids delivered so far (`llamanet.swarm.resume`); the verdicts
+stay the same. Only when no such node can take over does the caller surface the interruption
+(an error event through the gateway, `StreamInterrupted` in the client).
 
 Ranking uses the same high prompt-size estimate on both paths (`estimate_prompt_tokens`), and
 both list the swarm's models with `swarm_models`.
@@ -42,6 +46,9 @@ from llamanet.swarm.selector import NodeSelector, offers
 __all__ = [
     "CALLER_ERROR_TYPES",
     "DEFAULT_FIRST_BYTE_TIMEOUT",
+    "DEFAULT_KEEPALIVE_INTERVAL",
+    "DEFAULT_STALL_TIMEOUT",
+    "RESUME_ATTEMPTS",
     "Attempt",
     "Failover",
     "Verdict",
@@ -49,6 +56,7 @@ __all__ = [
     "estimate_request_tokens",
     "judge_status",
     "judge_stream_error",
+    "model_identity",
     "swarm_models",
     "wait_for_answer",
 ]
@@ -59,6 +67,11 @@ F = TypeVar("F")
 T = TypeVar("T")
 
 DEFAULT_FIRST_BYTE_TIMEOUT: Final = 5.0
+# a node sends a keep-alive comment after this much silence in a stream; a stream silent for
+# the stall timeout (well above both that and the longest inter-token gap under load) is dead
+DEFAULT_KEEPALIVE_INTERVAL: Final = 2.0
+DEFAULT_STALL_TIMEOUT: Final = 10.0
+RESUME_ATTEMPTS: Final = 3  # nodes a broken stream may be resumed on, after those tried before
 # error types that are the caller's fault wherever the request goes
 CALLER_ERROR_TYPES: Final = frozenset(
     {"invalid_request_error", "authentication_error", "permission_error", "not_found_error"}
@@ -87,7 +100,7 @@ def judge_status(
     """The verdict on an HTTP error answer (status >= 400) received before the first token."""
     if status == 429 or (status == 503 and retry_after is not None):
         return Verdict.SKIP
-    if error_code == "model_not_found":
+    if error_code in ("model_not_found", "fingerprint_mismatch"):
         return Verdict.SKIP  # chosen because its record said it serves the model: stale
     if status >= 500:
         return Verdict.COOL_DOWN
@@ -200,6 +213,8 @@ class Failover(Generic[F]):
     tried: list[NodeRecord] = field(default_factory=list)
     failures: list[Attempt[F]] = field(default_factory=list)
     refreshed: bool = False
+    # set by `resume_on_same_model`: only nodes with this (fingerprint, runtime) from then on
+    identity: tuple[str, str | None] | None = None
 
     @property
     def tried_ids(self) -> set[str]:
@@ -223,6 +238,8 @@ class Failover(Generic[F]):
 
     def _pick(self) -> NodeRecord | None:
         records = list(self.records())
+        if self.identity is not None:
+            records = [r for r in records if model_identity(r, self.model) == self.identity]
         exclude = {*self.exclude, *self.tried_ids}
         select = self.selector.select
         node = select(
@@ -286,9 +303,35 @@ class Failover(Generic[F]):
     def cooling(self) -> list[NodeRecord]:
         return [r for r in self.candidates() if self.selector.in_cooldown(r.node_id)]
 
-    # Resume (issue 13) slots in here: `resume_from(delivered)` will pick the next node with
-    # the same model fingerprint, excluding the tried ones, and hand the caller the request to
-    # continue from the tokens already delivered; the verdict rules above stay the same.
+    def resume_on_same_model(self, node: NodeRecord, attempts: int = RESUME_ATTEMPTS) -> bool:
+        """Turn this request into the resumption of a stream `node` was serving: from now on
+        only nodes with the same model fingerprint and runtime are candidates (the tried ones
+        excluded), up to `attempts` more of them. False when `node`'s record has no
+        fingerprint: the stream cannot be resumed anywhere."""
+        identity = model_identity(node, self.model)
+        if identity is None:
+            return False
+        if self.identity is None:
+            self.identity = identity
+            self.model = _served_model(node, self.model)
+            self.attempts = len(self.tried) + attempts
+        return True
+
+
+def _served_model(record: NodeRecord, model: str | None) -> str | None:
+    for info in record.models:
+        if model is None or info.id == model:
+            return info.id
+    return model
+
+
+def model_identity(record: NodeRecord, model: str | None) -> tuple[str, str | None] | None:
+    """(fingerprint, runtime) of the model `record` serves for `model` (None: its first one);
+    None when it publishes no fingerprint."""
+    for info in record.models:
+        if model is None or info.id == model:
+            return (info.fingerprint, info.runtime) if info.fingerprint else None
+    return None
 
 
 # --------------------------------------------------------------------------- first byte

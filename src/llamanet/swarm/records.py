@@ -148,16 +148,29 @@ def encode_record(record: NodeRecord) -> bytes:
 
 
 def _encode_model(model: dict[str, Any]) -> list[Any]:
-    """`[id, n_ctx, quantization]`, plus the capabilities list when there is one."""
+    """`[id, n_ctx, quantization]`, plus the capabilities list when there is one, plus the
+    fingerprint and runtime (stream resumption) when there are."""
     wire = [model["id"], model["n_ctx"], model.get("quantization")]
-    if model.get("capabilities"):
-        wire.append(model["capabilities"])
+    fingerprint = model.get("fingerprint"), model.get("runtime")
+    if model.get("capabilities") or any(fingerprint):
+        wire.append(model.get("capabilities") or [])
+    if any(fingerprint):
+        wire.extend(fingerprint)
     return wire
 
 
 def _decode_model(wire: list[Any]) -> ModelInfo:
     capabilities = wire[3] if len(wire) > 3 else []
-    return ModelInfo(id=wire[0], n_ctx=wire[1], quantization=wire[2], capabilities=capabilities)
+    fingerprint = wire[4] if len(wire) > 4 else None
+    runtime = wire[5] if len(wire) > 5 else None
+    return ModelInfo(
+        id=wire[0],
+        n_ctx=wire[1],
+        quantization=wire[2],
+        capabilities=capabilities,
+        fingerprint=fingerprint,
+        runtime=runtime,
+    )
 
 
 def decode_record(data: bytes) -> NodeRecord:

@@ -65,6 +65,10 @@ class _Sequence:
     first: float = 0.0
     last: float = 0.0
     new_tokens: int = 0  # generated here (not counting resumed ones)
+    # resumed tokens not in the KV cache yet: decoded one per step, as they were generated, so
+    # their keys and values (and the logits after them) are bit for bit the original node's;
+    # a prefill of them in one batch takes other kernels and can flip a near-tie at temperature 0
+    replay: list[int] = field(default_factory=list)
 
 
 class Scheduler:
@@ -168,7 +172,8 @@ class Scheduler:
         else:
             C.llama_memory_seq_rm(self.mem, slot.seq_id, reuse, -1)
         slot.tokens = list(job.prompt_tokens[:reuse])
-        slot.planned = list(job.prompt_tokens[reuse:])
+        prompt_end = max(reuse, len(job.prompt_tokens) - len(job.resume))
+        slot.planned = list(job.prompt_tokens[reuse:prompt_end])
         slot.busy = True
         slot.last_used = time.monotonic()
         seq = _Sequence(job=job, slot=slot, sampler=sampler, reused=reuse)
@@ -179,6 +184,9 @@ class Scheduler:
                 seq.stops.feed(seq.decoder.decode(self.piece(token)))
             seq.generated = list(job.resume)
             seq.sent = len(job.resume)
+            seq.replay = list(job.prompt_tokens[prompt_end:])
+            if not slot.planned and seq.replay:
+                seq.next_token = seq.replay.pop(0)
         self.running.append(seq)
         job.report_started(reuse, len(job.prompt_tokens) - reuse)
         if len(seq.generated) >= job.max_tokens:
@@ -239,6 +247,9 @@ class Scheduler:
 
     def _sample(self, seq: _Sequence, row: int) -> None:
         job = seq.job
+        if seq.replay:  # a resumed token goes in next, not a sampled one
+            seq.next_token = seq.replay.pop(0)
+            return
         try:
             token = seq.sampler.sample(self.ctx, row)
         except Exception as exc:  # a grammar with no way forward, most often

@@ -6,6 +6,12 @@ and room, and otherwise (model not here, or the local queue full and a peer know
 request through the gateway. Admission (`llamanet.node.work`, then `start`) happens before a
 response starts, so a full queue or a too-long prompt gets a real HTTP status, never a broken
 stream. `stream` and `run` consume the choice events (`llamanet.node.choices`).
+
+A request may carry the internal `llamanet` field (`protocol.StreamControl`): token ids in the
+streamed chunks, or the resumption of a stream another node began (`llamanet.swarm.resume`).
+A resumption is for one choice without tool calls (what the resumer resumes); it is served here
+or refused (409 `fingerprint_mismatch` when this node's model is not the one that began it),
+never forwarded: the resumer chose this node for its fingerprint.
 """
 
 from __future__ import annotations
@@ -26,11 +32,18 @@ from llamanet.node.gateway import is_forwarded
 from llamanet.node.node import LlamaNetNode
 from llamanet.node.streaming import ChunkFormat, event_stream
 from llamanet.node.work import Work, submit
-from llamanet.protocol import ChoiceFields, CompletionRequest
+from llamanet.protocol import (
+    ChoiceFields,
+    CompletionRequest,
+    ResumeFrom,
+    SamplingFields,
+    StreamControl,
+)
 
 __all__ = [
     "SWARM_ALIAS",
     "LocalHandler",
+    "check_resume",
     "needed_capability",
     "node_of",
     "run",
@@ -38,6 +51,8 @@ __all__ = [
     "sse_response",
     "start",
     "stream",
+    "stream_control",
+    "wants_token_ids",
 ]
 
 SWARM_ALIAS = "llamanet"  # the model name that means "any model the swarm serves"
@@ -77,15 +92,18 @@ async def serve(
     local: LocalHandler,
     *,
     capability: str | None = None,
+    resume: ResumeFrom | None = None,
 ) -> Response:
     """Serves locally when this node has the model and room; otherwise forwards to a peer.
 
     `capability` (e.g. "embeddings"): served here only if this node offers it, forwarded only
-    to peers whose record advertises it.
+    to peers whose record advertises it. `resume`: served here or refused, never forwarded.
     """
     node = node_of(request)
-    gateway = node.gateway if not is_forwarded(request) else None
+    gateway = node.gateway if not is_forwarded(request) and resume is None else None
     engine = _local_engine(request, model)
+    if resume is not None and engine is not None:
+        check_resume(node, engine, resume)
     wanted = None if model in (None, "", SWARM_ALIAS) else model  # the alias: any model
     if engine is not None and capability is not None and capability not in node.capabilities():
         if gateway is None:
@@ -134,9 +152,56 @@ def needed_capability(body: ChoiceFields | CompletionRequest) -> str | None:
     return None
 
 
-def start(engine: Engine, work: Work) -> AsyncGenerator[ChoiceEvent, None]:
-    """Admits `work` (raising before any response starts) and returns its choice events."""
-    jobs = submit(engine, work)
+def check_resume(node: LlamaNetNode, engine: Engine, resume: ResumeFrom) -> None:
+    """Refuses a resumption this node cannot continue exactly."""
+    if node.fingerprint is None or resume.fingerprint != node.fingerprint:
+        raise APIError(
+            409,
+            "This stream began on a different model file than this node's "
+            f"(fingerprint {resume.fingerprint!r}, here {node.fingerprint!r}); it cannot be "
+            "resumed here.",
+            code="fingerprint_mismatch",
+            param="llamanet.resume.fingerprint",
+        )
+    n_vocab = getattr(engine, "n_vocab", None)
+    if isinstance(n_vocab, int) and any(t >= n_vocab for t in resume.token_ids):
+        raise APIError(
+            400,
+            f"llamanet.resume.token_ids holds ids outside the model's vocabulary ({n_vocab}).",
+            param="llamanet.resume.token_ids",
+        )
+
+
+def wants_token_ids(control: StreamControl) -> bool:
+    """Whether the stream's text chunks carry their token ids (a resumption always does)."""
+    return control.token_ids or control.resume is not None
+
+
+def stream_control(req: SamplingFields, streaming: bool) -> StreamControl:
+    """The request's internal `llamanet` field. A resumption continues one stream of one
+    choice without tool calls (a resumed tool-call stream would parse only its continuation)."""
+    control = req.llamanet or StreamControl()
+    if control.resume is None:
+        return control
+    if not streaming:
+        raise APIError(
+            400, "llamanet.resume continues a stream: it needs stream=true.", param="llamanet"
+        )
+    if isinstance(req, ChoiceFields | CompletionRequest) and req.n != 1:
+        raise APIError(400, "llamanet.resume continues one choice: it needs n=1.", param="n")
+    if isinstance(req, ChoiceFields) and req.tools and req.tool_choice_mode() != "none":
+        raise APIError(
+            400, "llamanet.resume cannot continue a stream that may call tools.", param="tools"
+        )
+    return control
+
+
+def start(
+    engine: Engine, work: Work, resume: ResumeFrom | None = None
+) -> AsyncGenerator[ChoiceEvent, None]:
+    """Admits `work` (raising before any response starts) and returns its choice events;
+    `resume`: the work continues from the token ids another node generated."""
+    jobs = submit(engine, work, resume_tokens=resume.token_ids if resume is not None else ())
     return choice_events(engine, jobs, work)
 
 
@@ -158,13 +223,16 @@ def stream(
     fmt: ChunkFormat,
     include_usage: bool = False,
 ) -> EventSourceResponse:
-    """The request's Server-Sent Events response in the given chunk format."""
+    """The request's Server-Sent Events response in the given chunk format, with keep-alive
+    comments while no event comes (`Settings.keepalive_interval`)."""
+    settings = node_of(request).settings
     body = event_stream(
         events,
         fmt,
         include_usage=include_usage,
         on_end=_record(request),
-        timeout=node_of(request).settings.request_timeout,
+        timeout=settings.request_timeout,
+        keepalive=settings.keepalive_interval,
     )
     return sse_response(body)
 

@@ -20,6 +20,8 @@ from llamanet.node.routes._serving import (
     serve,
     start,
     stream,
+    stream_control,
+    wants_token_ids,
 )
 from llamanet.node.streaming import NativeFormat
 from llamanet.node.work import Work, chat_work, prompt_work
@@ -83,6 +85,7 @@ def _response(
 async def generate(request: Request, body: StreamingRequest) -> Response:
     """One answer (or `n`) to a prompt or chat messages, with the chat API's answer-shaping
     fields (`response_format`, `tools`, `logprobs`, `logit_bias`, `n`)."""
+    stream_control(body, False)  # a resumption needs the stream route
 
     async def local(engine: Engine) -> Response:
         work = await _work(engine, body)
@@ -98,15 +101,28 @@ async def generate(request: Request, body: StreamingRequest) -> Response:
 @router.post("/generate/stream", responses=SSE, response_class=Response, tags=["native"])
 async def generate_stream(request: Request, body: StreamingRequest) -> Response:
     """Server-Sent Events of `StreamingChunk`, ending with `data: [DONE]`."""
+    control = stream_control(body, True)
+    resume = control.resume
 
     async def local(engine: Engine) -> Response:
         work = await _work(engine, body)
-        events = start(engine, work)
-        fmt = NativeFormat(node_of(request).node_id, n=work.n, logprobs=bool(body.logprobs))
+        events = start(engine, work, resume)
+        fmt = NativeFormat(
+            node_of(request).node_id,
+            n=work.n,
+            logprobs=bool(body.logprobs),
+            token_ids=wants_token_ids(control),
+            resume=resume,
+        )
         return stream(request, events, fmt)
 
     return await serve(
-        request, body.model, body.max_tokens, local, capability=needed_capability(body)
+        request,
+        body.model,
+        body.max_tokens,
+        local,
+        capability=needed_capability(body),
+        resume=resume,
     )
 
 

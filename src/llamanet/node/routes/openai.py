@@ -22,6 +22,8 @@ from llamanet.node.routes._serving import (
     serve,
     start,
     stream,
+    stream_control,
+    wants_token_ids,
 )
 from llamanet.node.streaming import ChatFormat, CompletionFormat
 from llamanet.node.work import chat_work, completion_work
@@ -84,20 +86,34 @@ async def list_models(request: Request, local: bool = False) -> ModelList:
 
 
 async def _chat(request: Request, body: ChatCompletionRequest, streaming: bool) -> Response:
+    control = stream_control(body, streaming)
+    resume = control.resume
+
     async def local(engine: Engine) -> Response:
         work = await chat_work(engine, body, body.messages, body.token_budget())
-        events = start(engine, work)
+        events = start(engine, work, resume)
         logprobs = bool(body.logprobs)
         if streaming:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            fmt = ChatFormat(engine.model_id, n=work.n, logprobs=logprobs)
+            fmt = ChatFormat(
+                engine.model_id,
+                n=work.n,
+                logprobs=logprobs,
+                token_ids=wants_token_ids(control),
+                resume=resume,
+            )
             return stream(request, events, fmt, include_usage)
         ends = await run(request, events)
         completion = chat_completion(engine.model_id, ends, logprobs=logprobs)
         return JSONResponse(completion.model_dump())
 
     return await serve(
-        request, body.model, body.token_budget(), local, capability=needed_capability(body)
+        request,
+        body.model,
+        body.token_budget(),
+        local,
+        capability=needed_capability(body),
+        resume=resume,
     )
 
 
@@ -140,10 +156,12 @@ def _completion(model: str, body: CompletionRequest, ends: list[ChoiceEnd]) -> C
 @router.post("/v1/completions", response_model=Completion, responses=JSON_OR_SSE, tags=["openai"])
 async def completions(request: Request, body: CompletionRequest) -> Response:
     """OpenAI (legacy) completions: `n`, `echo`, `logprobs` (top-k), `logit_bias`, streaming."""
+    control = stream_control(body, bool(body.stream))
+    resume = control.resume
 
     async def local(engine: Engine) -> Response:
         work = await completion_work(engine, body)
-        events = start(engine, work)
+        events = start(engine, work, resume)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             fmt = CompletionFormat(
@@ -151,11 +169,18 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
                 n=work.n,
                 logprobs=body.logprobs is not None,
                 echo=body.prompt_text() if body.echo else None,
+                token_ids=wants_token_ids(control),
+                resume=resume,
             )
             return stream(request, events, fmt, include_usage)
         ends = await run(request, events)
         return JSONResponse(_completion(engine.model_id, body, ends).model_dump())
 
     return await serve(
-        request, body.model, body.max_tokens, local, capability=needed_capability(body)
+        request,
+        body.model,
+        body.max_tokens,
+        local,
+        capability=needed_capability(body),
+        resume=resume,
     )
