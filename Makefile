@@ -76,11 +76,15 @@ bench-concurrency: $(STAMP)
 llama-server: $(STAMP)
 	$(PY) bench/_llama_server.py
 
+# the gap in a stream when its node is killed and another resumes it
+bench-failover: $(STAMP)
+	$(PY) bench/failover_bench.py
+
 # a long schemathesis run over every endpoint (CI runs a bounded one inside `make test`)
 fuzz: $(STAMP)
 	LLAMANET_FUZZ_EXAMPLES=$${LLAMANET_FUZZ_EXAMPLES:-500} $(PYTEST) tests/test_fuzz_schemathesis.py -q
 
-bench: bench-node bench-dht bench-gateway bench-load bench-concurrency
+bench: bench-node bench-dht bench-gateway bench-load bench-concurrency bench-failover
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache .mypy_cache \
