@@ -24,6 +24,7 @@ def make_record(
     models: list[tuple[str, int]] | None = None,
     seq: int = 1,
     withdrawn: bool = False,
+    slots: int = 0,
 ) -> NodeRecord:
     model_list = models if models is not None else [(MODEL, 2048)]
     return NodeRecord(
@@ -34,6 +35,7 @@ def make_record(
         load=load,
         active=active,
         queued=queued,
+        slots=slots,
         tokens_per_second=tps,
         version="test",
         started_at=0.0,
@@ -331,3 +333,15 @@ def test_all_in_cooldown_means_no_node() -> None:
     sel.mark_failed("a")
     sel.mark_failed("b")
     assert sel.select(records) is None
+
+
+def test_a_batching_node_with_a_free_slot_beats_a_busier_serial_one() -> None:
+    """A node batching 4 sequences with 2 busy starts a request at once; a one-at-a-time node
+    with 1 request running makes it wait for the whole answer."""
+    selector = NodeSelector(rng=random.Random(0))
+    batching = make_record("batching", active=2, slots=4, tps=20.0)
+    serial = make_record("serial", active=1, slots=1, tps=20.0)
+    assert selector.expected_wait(batching) < selector.expected_wait(serial)
+    assert selector.rank([serial, batching], model=MODEL)[0].node_id == batching.node_id
+    full = make_record("full", active=4, queued=2, slots=4, tps=20.0)
+    assert selector.expected_wait(full) > selector.expected_wait(batching)

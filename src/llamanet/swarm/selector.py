@@ -30,7 +30,10 @@ class NodeSelector:
 
     Strategies:
     - ``load_balanced`` (default): lowest expected wait, i.e.
-      ``(queued + active + local in-flight) / max(tokens_per_second, tps_floor) + rtt``.
+      ``(queued + active + local in-flight) / max(tokens_per_second, tps_floor) + rtt`` for a
+      node that generates one request at a time; for a batching node (``slots`` > 1) only the
+      requests beyond its slots wait, so ``ahead`` becomes
+      ``max(0, ahead - slots + 1) + ahead / slots``: a free slot starts a request at once.
       A node that has not measured its speed yet (tokens_per_second 0) is given the median speed
       of the measured candidates, so a newcomer is not starved of the traffic it needs to measure.
       Unknown rtt counts as 0.
@@ -166,7 +169,13 @@ class NodeSelector:
         if tps <= 0 and default_tps is not None:
             tps = default_tps
         ahead = record.queued + record.active + self.in_flight(record.node_id)
-        return ahead / max(tps, self.tps_floor) + self._rtt.get(record.node_id, 0.0)
+        rtt = self._rtt.get(record.node_id, 0.0)
+        if record.slots <= 1:  # one request at a time: everything ahead runs first
+            return ahead / max(tps, self.tps_floor) + rtt
+        # a batching node starts a request at once while a slot is free; only the requests
+        # beyond its slots wait, and the ones sharing its batch slow it down a little
+        waiting = max(0, ahead - record.slots + 1)
+        return (waiting + ahead / record.slots) / max(tps, self.tps_floor) + rtt
 
     @staticmethod
     def _default_tps(candidates: list[NodeRecord]) -> float | None:
