@@ -141,7 +141,14 @@ async def test_concurrent_streams_use_both_nodes(seed: NodeProcess, peer: NodePr
 
 async def test_busy_node_503_fails_over(start_node: StartNode, seed: NodeProcess) -> None:
     busy = start_node(
-        *NODE_ARGS, "--queue-size", "0", "--no-forward", "--bootstrap", seed.bootstrap
+        *NODE_ARGS,
+        "--parallel",
+        "1",
+        "--queue-size",
+        "0",
+        "--no-forward",
+        "--bootstrap",
+        seed.bootstrap,
     )
     busy_id = node_id(busy)
     occupy = {"prompt": COUNTING, "max_tokens": 256, "temperature": 0}

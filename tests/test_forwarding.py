@@ -29,7 +29,7 @@ def wait_for_models(node: Any, want: set[str], timeout: float = 30.0) -> None:
 @pytest.fixture(scope="module")
 def swarm(start_node: Any) -> dict[str, Any]:
     """A serves alpha and queues nothing; B serves beta; C serves alpha; G holds no model."""
-    a = start_node("--model-id", "alpha", "--queue-size", "0")
+    a = start_node("--model-id", "alpha", "--parallel", "1", "--queue-size", "0")
     b = start_node("--model-id", "beta", "--bootstrap", a.bootstrap)
     c = start_node("--model-id", "alpha", "--bootstrap", a.bootstrap)
     g = start_node("--no-model", "--bootstrap", a.bootstrap)
