@@ -57,7 +57,16 @@ TOOL = {
 }
 CASES: dict[str, dict[str, Any]] = {
     "free text": {},
-    "json_object": {"response_format": {"type": "json_object"}},
+    "json_object": {
+        "response_format": {"type": "json_object"},
+        "messages": [  # without a hint the small model often answers "{}"
+            {
+                "role": "user",
+                "content": "Answer with a JSON object that maps sixteen fruits to a sentence "
+                "about each one.",
+            }
+        ],
+    },
     "json_schema": {
         "response_format": {
             "type": "json_schema",
@@ -77,7 +86,7 @@ class Sample:
 
 def run(client: httpx.Client, url: str, extra: dict[str, Any], tokens: int, seed: int) -> Sample:
     body = {
-        "messages": ASK,
+        "messages": ASK,  # a case may bring its own
         "max_tokens": tokens,
         "temperature": 0.7,
         "seed": seed,

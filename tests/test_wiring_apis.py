@@ -193,6 +193,19 @@ async def test_responses_max_tool_calls_and_truncation(tmp_path: Path) -> None:
         assert "truncation" in error_of(res)["message"]
 
 
+async def test_a_named_function_is_one_call_unless_parallel_calls_are_asked_for(
+    tmp_path: Path,
+) -> None:
+    named = {"type": "function", "name": "get_weather"}
+    async with node(tmp_path, FakeEngine(pieces=pieces(CALL))) as n:
+        body = {"input": "Weather?", "tools": [RESPONSES_TOOL], "tool_choice": named}
+        assert (await n.http.post("/v1/responses", json=body)).status_code == 200
+        assert "exactly one call" in n.prompt
+        body["parallel_tool_calls"] = True
+        assert (await n.http.post("/v1/responses", json=body)).status_code == 200
+        assert "one or more calls" in n.prompt
+
+
 # --------------------------------------------------------------------------- native API
 
 

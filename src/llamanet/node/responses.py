@@ -209,8 +209,9 @@ def to_chat(request: ResponsesRequest, store: ResponseStore) -> ResponsesTurn:
         "max_completion_tokens": request.max_output_tokens,
         "seed": request.seed,
         "response_format": _response_format(request.text),
-        "parallel_tool_calls": request.parallel_tool_calls,
     }
+    if "parallel_tool_calls" in request.model_fields_set:  # else chat's default, as sent
+        body["parallel_tool_calls"] = request.parallel_tool_calls
     if request.temperature is not None:
         body["temperature"] = request.temperature
     if request.top_p is not None:
