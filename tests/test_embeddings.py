@@ -270,14 +270,21 @@ async def test_the_queue_is_bounded_and_a_caller_may_leave(model_path: Path) -> 
         with pytest.raises(QueueFull) as caught:
             await service.embed(["hi"])
         assert caught.value.retry_after >= 1
+        before = service.decodes
         long.cancel()  # the caller leaves: the work stops at its next chunk
         with pytest.raises(asyncio.CancelledError):
             await long
-        before = service.decodes
-        assert (await service.embed(["hi"])).vectors.shape == (1, DIMENSIONS)
+        # the slot stays taken until the chunk running on the worker thread ends (a request
+        # arriving in that moment is refused, which is right: the model is still busy)
+        for _ in range(3000):
+            if service.pending == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert service.pending == 0
         # the long request needed 8 x 401 tokens / 128 per decode = 26 decodes; it stopped
         # after the one running when its caller left (two if it had just started the next)
-        assert service.decodes - before <= 3
+        assert service.decodes - before <= 2
+        assert (await service.embed(["hi"])).vectors.shape == (1, DIMENSIONS)
         assert service.pending == 0
     finally:
         await service.close()
