@@ -170,6 +170,11 @@ class LlamaEngine:
         params.n_seq_max = self.parallel
         params.n_threads = params.n_threads_batch = n_threads  # one thread team, not two
         params.kv_unified = True  # shared prefixes share cells
+        # No flash attention: with it (llama.cpp's CPU kernel, unified cache, a sequence's cells
+        # wherever there was room after prefix reuse) the same greedy request got a different
+        # first token depending on the cache's history (logprob shifts up to 0.1; see
+        # tests/test_engine.py); without it the first token's logprobs are bit-identical.
+        params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         ctx = C.llama_init_from_model(model, params)
         if not ctx:
@@ -281,6 +286,8 @@ class LlamaEngine:
             raise EngineClosed()
         if n < 1:
             raise ValueError("n must be at least 1")
+        if not prompt:  # nothing to decode: an empty batch would fail every running sequence
+            raise ValueError("the prompt has no tokens")
         room = self.n_ctx - len(prompt)
         max_tokens = params.max_tokens if params.max_tokens is not None else max(room, 0)
         if len(prompt) + max_tokens > self.n_ctx or room <= 0 or len(resume) > max_tokens:

@@ -110,6 +110,7 @@ class Scheduler:
             while not self.closing:
                 if self._collect(block=not self.running and not self.waiting):
                     break
+                self._drop_cancelled()  # before admission: a freed slot serves this very step
                 self._admit()
                 if self.running:
                     self._step()
@@ -194,12 +195,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ one step
 
-    def _step(self) -> None:
+    def _drop_cancelled(self) -> None:
         for seq in [s for s in self.running if s.job.cancel.is_set()]:
             self._release(seq)
             seq.job.report_cancelled(seq.new_tokens)
-        if not self.running:
-            return
+
+    def _step(self) -> None:
         batch, n = self.batch, 0
         outputs: list[tuple[_Sequence, int]] = []
         decoding = [s for s in self.running if s.next_token is not None]

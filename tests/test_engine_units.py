@@ -1,0 +1,185 @@
+"""The engine's pure logic without a model: slot placement (prefix reuse, sharing a prefix held by
+another slot, waiting for one being prefilled) and held-back stop-sequence matching."""
+
+from __future__ import annotations
+
+from llamanet.node.engine import StopMatcher
+from llamanet.node.engine._slots import Slot, common_prefix, pending_share, place
+
+
+def _slots(*contents: list[int], busy: tuple[int, ...] = ()) -> list[Slot]:
+    return [
+        Slot(seq_id=i, tokens=list(c), busy=i in busy, last_used=float(i))
+        for i, c in enumerate(contents)
+    ]
+
+
+# ---------------------------------------------------------------- common_prefix
+
+
+def test_common_prefix() -> None:
+    assert common_prefix([], [1, 2]) == 0
+    assert common_prefix([1, 2, 3], [1, 2, 3]) == 3
+    assert common_prefix([1, 2, 3], [1, 2]) == 2
+    assert common_prefix([1, 2, 3], [1, 9, 3]) == 1
+    assert common_prefix([5], [1]) == 0
+
+
+# ---------------------------------------------------------------- place
+
+
+def test_no_free_slot_places_nothing() -> None:
+    assert place(_slots([1], [2], busy=(0, 1)), [1, 2, 3]) is None
+
+
+def test_longest_common_prefix_wins() -> None:
+    slots = _slots([1, 2], [1, 2, 3, 4], [7, 8, 9])
+    p = place(slots, [1, 2, 3, 4, 5, 6])
+    assert p is not None
+    assert p.slot is slots[1] and p.reuse == 4 and p.donor is None
+
+
+def test_ties_go_to_the_least_recently_used_slot() -> None:
+    slots = _slots([9], [8], [7])
+    slots[0].last_used, slots[1].last_used, slots[2].last_used = 5.0, 1.0, 3.0
+    p = place(slots, [1, 2, 3])
+    assert p is not None and p.slot is slots[1] and p.reuse == 0 and p.donor is None
+
+
+def test_at_least_one_prompt_token_is_left_to_evaluate() -> None:
+    slots = _slots([1, 2, 3])
+    p = place(slots, [1, 2, 3])
+    assert p is not None and p.slot is slots[0] and p.reuse == 2
+    # the slot holds more than the prompt: still one token to evaluate for the first logits
+    p = place(_slots([1, 2, 3, 4, 5]), [1, 2, 3])
+    assert p is not None and p.reuse == 2
+    # an empty or one-token prompt reuses nothing
+    p = place(_slots([1, 2]), [1])
+    assert p is not None and p.reuse == 0
+    p = place(_slots([1, 2]), [])
+    assert p is not None and p.reuse == 0
+
+
+def test_a_busy_slot_with_a_longer_prefix_donates_to_the_oldest_free_slot() -> None:
+    slots = _slots([1, 2, 3, 4, 5], [1, 2], [6], busy=(0,))
+    slots[1].last_used, slots[2].last_used = 10.0, 2.0
+    p = place(slots, [1, 2, 3, 4, 9])
+    assert p is not None
+    assert p.donor is slots[0] and p.reuse == 4
+    assert p.slot is slots[2]  # the oldest free slot; slot 1's own 2 tokens are worth less
+    assert not p.slot.busy
+
+
+def test_a_free_slot_with_the_prefix_does_not_copy() -> None:
+    slots = _slots([1, 2, 3, 4], [1, 2, 3, 4], busy=(0,))
+    p = place(slots, [1, 2, 3, 4, 5])
+    assert p is not None and p.slot is slots[1] and p.reuse == 4 and p.donor is None
+
+
+def test_donor_share_is_capped_at_prompt_minus_one() -> None:
+    slots = _slots([1, 2, 3, 4, 5, 6], [], busy=(0,))
+    p = place(slots, [1, 2, 3])
+    assert p is not None and p.donor is slots[0] and p.reuse == 2 and p.slot is slots[1]
+
+
+def test_place_never_picks_a_busy_slot() -> None:
+    slots = _slots([1, 2, 3], [1, 2, 3], [], busy=(0, 1))
+    p = place(slots, [1, 2, 3, 4])
+    assert p is not None and p.slot is slots[2] and not p.slot.busy
+    assert p.donor in (slots[0], slots[1]) and p.reuse == 3
+
+
+# ---------------------------------------------------------------- pending_share
+
+
+def test_pending_share_waits_for_a_prefix_being_prefilled() -> None:
+    prompt = list(range(100))
+    slot = Slot(seq_id=0, tokens=prompt[:10], planned=prompt[10:], busy=True)
+    assert pending_share([slot], prompt, have=0)
+    # what we already have is close to what the prefill will give: not worth waiting
+    assert not pending_share([slot], prompt, have=90)
+    assert pending_share([slot], prompt, have=84)
+
+
+def test_pending_share_ignores_small_or_finished_prefixes() -> None:
+    prompt = list(range(100))
+    short = Slot(seq_id=0, tokens=[], planned=prompt[:10], busy=True)  # shares < 16 tokens
+    assert not pending_share([short], prompt, have=0)
+    done = Slot(seq_id=1, tokens=prompt, planned=[], busy=True)  # nothing planned: place() shares
+    assert not pending_share([done], prompt, have=0)
+    other = Slot(seq_id=2, tokens=[], planned=[1000 + i for i in range(50)], busy=True)
+    assert not pending_share([other], prompt, have=0)
+    # the planned part must add to what the slot already holds (here it diverges at once):
+    # place() already shares the 40 evaluated tokens, there is nothing to wait for
+    diverging = Slot(seq_id=3, tokens=prompt[:40], planned=[7] * 30, busy=True)
+    assert not pending_share([diverging], prompt, have=0)
+
+
+# ---------------------------------------------------------------- StopMatcher
+
+
+def _run(stops: list[str], pieces: list[str]) -> tuple[str, bool, list[str]]:
+    m = StopMatcher(stops)
+    out: list[str] = []
+    for p in pieces:
+        text, hit = m.feed(p)
+        out.append(text)
+        if hit:
+            return "".join(out), True, out
+    out.append(m.flush())
+    return "".join(out), False, out
+
+
+def test_no_stops_passes_everything_through() -> None:
+    m = StopMatcher([])
+    assert m.feed("abc") == ("abc", False)
+    assert m.flush() == ""
+    assert StopMatcher([""]).feed("x") == ("x", False)  # an empty stop is ignored
+
+
+def test_stop_inside_one_piece() -> None:
+    text, hit, _ = _run(["END"], ["hello END world"])
+    assert (text, hit) == ("hello ", True)
+
+
+def test_stop_across_pieces_is_held_back_then_cut() -> None:
+    text, hit, out = _run(["END"], ["hello E", "N", "D and more"])
+    assert hit and text == "hello "
+    assert out[0] == "hello " and out[1] == ""  # "E", "EN" held back, never sent
+
+
+def test_held_back_text_is_released_when_it_is_not_a_stop() -> None:
+    text, hit, out = _run(["END"], ["hello E", "Nx"])
+    assert not hit and text == "hello ENx"
+    assert out[0] == "hello " and out[1] == "ENx"
+
+
+def test_held_back_text_is_flushed_at_the_end() -> None:
+    _text, hit, out = _run(["END"], ["abc EN"])
+    assert not hit and out == ["abc ", "EN"]
+
+
+def test_the_earliest_of_several_stops_wins() -> None:
+    text, hit, _ = _run(["world", "lo"], ["hello world"])
+    assert (text, hit) == ("hel", True)
+    text, hit, _ = _run(["\n\n", "Q:"], ["answer\n", "\nQ: next"])
+    assert (text, hit) == ("answer", True)
+
+
+def test_the_longest_possible_overlap_is_held() -> None:
+    m = StopMatcher(["abcd", "xy"])
+    assert m.feed("zzabc") == ("zz", False)
+    assert m.pending == "abc"
+    assert m.feed("x") == ("abc", False)  # "abcx": only "x" may still start "xy"
+    assert m.feed("y") == ("", True)
+
+
+def test_a_repeated_prefix_inside_the_stop() -> None:
+    # "aab": after "aa" the matcher must still find "aab" starting at the second "a"
+    text, hit, _ = _run(["aab"], ["a", "a", "a", "b"])
+    assert (text, hit) == ("a", True)
+
+
+def test_unicode_stops() -> None:
+    text, hit, _ = _run(["—end"], ["café —", "en", "d!"])
+    assert (text, hit) == ("café ", True)
