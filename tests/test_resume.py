@@ -11,6 +11,7 @@ node is replaced by a fresh one, so every test starts with two model nodes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -255,9 +256,12 @@ def test_sigstop_mid_stream_resumes_within_the_stall_timeout(
     body = {"model": "alpha", "messages": CHAT, "max_tokens": 40, "temperature": 0, "stream": True}
     url = swarm.g.url + "/v1/chat/completions"
     while frozen_id not in served and time.monotonic() < deadline:
-        with httpx.stream("POST", url, json=body, timeout=60) as first:
-            with httpx.stream("POST", url, json=body, timeout=60) as second:
-                served |= {first.headers["x-llamanet-node"], second.headers["x-llamanet-node"]}
+        # more streams at once than the other node has slots: a batching node with a free slot
+        # ranks first, so only a full one shows the recovered node is a candidate again
+        with contextlib.ExitStack() as streams:
+            for _ in range(6):
+                reply = streams.enter_context(httpx.stream("POST", url, json=body, timeout=60))
+                served.add(reply.headers["x-llamanet-node"])
         time.sleep(0.5)
     assert frozen_id in served
     idle(swarm.nodes)

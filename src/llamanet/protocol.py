@@ -172,7 +172,7 @@ class StreamControl(_Lenient):
     chunk; `resume`: continue that stream (same id, no second role chunk, usage counting every
     token) from its token ids, on a node whose model has the same fingerprint."""
 
-    token_ids: bool = False
+    token_ids: StrictBool = False
     resume: ResumeFrom | None = None
 
 
