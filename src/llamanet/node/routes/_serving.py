@@ -169,6 +169,7 @@ def check_resume(node: LlamaNetNode, engine: Engine, resume: ResumeFrom) -> None
             400,
             f"llamanet.resume.token_ids holds ids outside the model's vocabulary ({n_vocab}).",
             param="llamanet.resume.token_ids",
+            code="invalid_token",
         )
 
 
@@ -185,13 +186,24 @@ def stream_control(req: SamplingFields, streaming: bool) -> StreamControl:
         return control
     if not streaming:
         raise APIError(
-            400, "llamanet.resume continues a stream: it needs stream=true.", param="llamanet"
+            400,
+            "llamanet.resume continues a stream: it needs stream=true.",
+            param="llamanet",
+            code="unsupported_combination",
         )
     if isinstance(req, ChoiceFields | CompletionRequest) and req.n != 1:
-        raise APIError(400, "llamanet.resume continues one choice: it needs n=1.", param="n")
+        raise APIError(
+            400,
+            "llamanet.resume continues one choice: it needs n=1.",
+            param="n",
+            code="unsupported_combination",
+        )
     if isinstance(req, ChoiceFields) and req.tools and req.tool_choice_mode() != "none":
         raise APIError(
-            400, "llamanet.resume cannot continue a stream that may call tools.", param="tools"
+            400,
+            "llamanet.resume cannot continue a stream that may call tools.",
+            param="tools",
+            code="unsupported_combination",
         )
     return control
 
