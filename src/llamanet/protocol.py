@@ -114,6 +114,18 @@ def _invalid_text(value: Any, path: str = "") -> str | None:
     return None
 
 
+class _RequestBody(_Lenient):
+    """A top-level request body: every string in it must be valid Unicode."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = _invalid_text(data)
+        if where:
+            raise ValueError(f"'{where}' is not valid Unicode text (it holds a lone surrogate)")
+        return data
+
+
 def _json_number(value: Any) -> Any:
     """Numbers must be JSON numbers, as the schema says (and OpenAI requires): pydantic's lax
     mode would also take `"5"` or `true`."""
@@ -176,7 +188,7 @@ class StreamControl(_Lenient):
     resume: ResumeFrom | None = None
 
 
-class SamplingFields(_Lenient):
+class SamplingFields(_RequestBody):
     """Sampling options common to every generation request (OpenAI names plus llama.cpp's)."""
 
     max_tokens: MaxTokens | None = None
@@ -192,14 +204,6 @@ class SamplingFields(_Lenient):
     llamanet: StreamControl | None = Field(
         default=None, description="Internal: stream resumption between LlamaNet nodes."
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
-        where = _invalid_text(data)
-        if where:
-            raise ValueError(f"'{where}' is not valid Unicode text (it holds a lone surrogate)")
-        return data
 
     @field_validator("stop")
     @classmethod
@@ -903,7 +907,7 @@ def _embedding_input(value: Any) -> Any:
     )
 
 
-class EmbeddingRequest(_Lenient):
+class EmbeddingRequest(_RequestBody):
     model: str | None = None
     input: Annotated[
         str | list[str] | list[int] | list[list[int]],
@@ -913,14 +917,6 @@ class EmbeddingRequest(_Lenient):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1), Number] | None = None
     user: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
-        where = _invalid_text(data)
-        if where:
-            raise ValueError(f"'{where}' is not valid Unicode text (it holds a lone surrogate)")
-        return data
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The inputs as a list: strings, or token arrays."""
@@ -1105,7 +1101,7 @@ def _no_truncation(value: Any) -> Any:
     return value
 
 
-class ResponsesRequest(_Lenient):
+class ResponsesRequest(_RequestBody):
     """`POST /v1/responses`."""
 
     model: str | None = None
@@ -1149,14 +1145,6 @@ class ResponsesRequest(_Lenient):
     background: Unsupported = None
     conversation: Unsupported = None
     prompt: Unsupported = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
-        where = _invalid_text(data)
-        if where:
-            raise ValueError(f"'{where}' is not valid Unicode text (it holds a lone surrogate)")
-        return data
 
     @field_validator("input")
     @classmethod
