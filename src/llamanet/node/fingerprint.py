@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Final
+
+from llamanet.node.model_store import sha256_of
 
 __all__ = ["model_fingerprint", "runtime_build"]
 
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 
 CACHE_FILE: Final = "fingerprints.json"
 SHORT: Final = 16  # hex digits published (64 bits: collisions are not a concern here)
-_CHUNK: Final = 1 << 20
 
 
 def runtime_build() -> str:
@@ -53,11 +53,7 @@ def _fingerprint(path: Path, home: Path) -> str:
             cache = {str(k): str(v) for k, v in loaded.items()}
     digest = cache.get(key)
     if digest is None:
-        sha = hashlib.sha256()
-        with path.open("rb") as f:
-            while block := f.read(_CHUNK):
-                sha.update(block)
-        digest = sha.hexdigest()
+        digest = sha256_of(path)
         cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}:")}
         cache[key] = digest
         try:
