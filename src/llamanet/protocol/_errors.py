@@ -16,7 +16,8 @@ __all__ = ["VALIDATION_CODES", "ErrorDetail", "ErrorResponse", "validation_code"
 # Validation errors of constraints that a JSON schema cannot state (between fields, between
 # messages, on the content of a schema) get their own error `code` instead of `invalid_value`,
 # so a client (and the fuzzing run, tests/test_fuzz_schemathesis.py) can tell them apart from a
-# body that breaks the published schema. Keys are this module's PydanticCustomError types.
+# body that breaks the published schema. Keys are the PydanticCustomError types raised by the
+# validators of this package's other modules.
 VALIDATION_CODES = {
     "unknown_tool_call": "unknown_tool_call",
     "tool_choice": "invalid_tool_choice",
