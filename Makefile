@@ -47,6 +47,7 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 # the layering cli -> client | node -> swarm -> protocol ([tool.importlinter] in pyproject.toml)
+# and that of protocol/'s private modules
 contracts: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 

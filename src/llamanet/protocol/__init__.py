@@ -7,7 +7,7 @@ in the DHT.
 
 Import every name from here (`from llamanet.protocol import ChatCompletionRequest`): the private
 modules are the layout, not the API, and may move. One concept each, and they depend one way,
-from the shared pieces up to the formats built of them:
+from the shared pieces up to the formats built of them (`make lint` checks it):
 
     _common       base classes, shared validators and types, NODE_HEADER, new_id
     _errors       the OpenAI error body; the error codes of validation errors
