@@ -1,8 +1,10 @@
 """The web UI every node serves at `/`, driven in a real browser (Playwright + Debian's chromium).
 
-Two real nodes on loopback (A, and B bootstrapped from A); the browser talks to A. The tests check
-behaviour only: text that grows while it streams, a stop that really stops the node's work, the
-network view, readable errors. Never wall-clock speed.
+Two real nodes on loopback (A, and B bootstrapped from A); the browser talks to A. The resume test
+has a swarm of its own: a `--no-model` gateway G whose UI the browser opens, and two model nodes,
+one of which is killed mid-answer. The tests check behaviour only: text that grows while it
+streams, a stop that really stops the node's work, an answer resumed on another node and the
+footer naming it, the network view, readable errors. Never wall-clock speed.
 """
 
 from __future__ import annotations
@@ -90,19 +92,53 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-@pytest.fixture
-def page(browser: Any, swarm: dict[str, Any]) -> Iterator[Page]:
-    """A fresh browser context (empty localStorage) on node A's UI; fails on any page error."""
+def open_page(browser: Any, url: str) -> Iterator[Page]:
+    """A fresh browser context (empty localStorage) on the UI at `url`; fails on any page error."""
     context = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme="dark")
     page = context.new_page()
     page.set_default_timeout(60_000)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(swarm["a"].url + "/")
+    page.goto(url + "/")
     page.wait_for_selector("body[data-ready=true]")
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser: Any, swarm: dict[str, Any]) -> Iterator[Page]:
+    """Node A's UI."""
+    yield from open_page(browser, swarm["a"].url)
+
+
+@pytest.fixture
+def resume_swarm(start_node: Callable[..., NodeProcess]) -> Iterator[dict[str, Any]]:
+    """A swarm of its own for the resume test: G holds no model (so it forwards, and resumes a
+    stream whose node dies) and M1, M2 serve `smol` from the same GGUF (one fingerprint).
+    Stopped after the test: the test kills one of them anyway."""
+    g = start_node("--no-model", "--first-byte-timeout", "1", "--stall-timeout", "3")
+    models = [
+        start_node("--model-id", "smol", "--keepalive-interval", "1", "--bootstrap", g.bootstrap)
+        for _ in range(2)
+    ]
+
+    def serving_smol() -> int:
+        cards = {m["id"]: m for m in g.get("/v1/models").json()["data"]}
+        return int(cards.get("smol", {}).get("nodes") or 0)
+
+    try:
+        wait_for(lambda: serving_smol() == 2, 60, "the gateway to see both model nodes")
+        yield {"g": g, "models": {str(n.get("/info").json()["node_id"]): n for n in models}}
+    finally:
+        for node in (*models, g):
+            node.stop()
+
+
+@pytest.fixture
+def gateway_page(browser: Any, resume_swarm: dict[str, Any]) -> Iterator[Page]:
+    """The UI of the resume swarm's gateway G."""
+    yield from open_page(browser, resume_swarm["g"].url)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -206,6 +242,71 @@ def test_stop_button_stops_generation_on_the_node(page: Page, swarm: dict[str, A
     assert answer_text(page) == stopped_at
 
     wait_for(lambda: cancelled(swarm) > before, 30, "requests_cancelled to go up on a node")
+
+
+RESUME_TOKENS = 160
+
+
+def test_answer_resumed_after_its_node_dies_names_the_continuation_node(
+    gateway_page: Page, resume_swarm: dict[str, Any]
+) -> None:
+    """The model node streaming an answer to G's UI is SIGKILLed once text has appeared; G
+    resumes the stream on the other node, and the footer names both: the first as the node
+    that served it, the second as "continued on node <short id>"."""
+    page = gateway_page
+    expect(page.locator('#model option[value="smol"]')).to_be_attached()
+    page.select_option("#model", "smol")
+    configure(page, max_tokens=RESUME_TOKENS, temperature=0, stream=True)
+    sent: list[dict[str, Any]] = []
+
+    def no_early_end(route: Any) -> None:
+        # the UI has no logit-bias setting: add one on the way to G so the answer cannot end
+        # before the kill (no <|endoftext|> 0 or <|im_end|> 2), as tests/test_disconnects.py does
+        body = json.loads(route.request.post_data or "{}")
+        sent.append(dict(body))
+        body["logit_bias"] = {"0": -100, "2": -100}
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/v1/chat/completions", no_early_end)
+    send(page, "Write a long story about a robot who learns to paint.")
+    # streaming: some text is there, the answer has not ended, and the header named its node
+    page.wait_for_function(
+        """() => { const m = [...document.querySelectorAll('.message.assistant')].pop();
+                   return m && m.dataset.nodeId && m.dataset.done !== 'true'
+                          && m.querySelector('.content').textContent.length > 40; }"""
+    )
+    answer = page.locator(LAST_ANSWER)
+    first = answer.get_attribute("data-node-id")
+    assert first in resume_swarm["models"], (first, list(resume_swarm["models"]))
+    (second,) = set(resume_swarm["models"]) - {first}
+    resume_swarm["models"][first].kill()  # SIGKILL mid-answer
+    at_kill = answer_text(page)
+    assert answer.get_attribute("data-done") != "true", "the answer ended before the kill"
+
+    wait_answer_done(page)
+    assert sent and sent[0]["model"] == "smol" and sent[0]["temperature"] == 0
+    assert sent[0]["max_tokens"] == RESUME_TOKENS and sent[0]["stream"] is True
+    assert f"resumed a stream on {second[:12]}" in resume_swarm["g"].log()
+
+    # the answer completed: every token, no error, not cut short
+    final = answer_text(page)
+    assert len(final) > len(at_kill) and final.startswith(at_kill[:30]), (at_kill, final)
+    expect(answer).to_have_attribute("data-finish-reason", "length")
+    expect(answer).not_to_have_class(re.compile(r"\b(interrupted|stopped)\b"))
+    assert page.locator(".message.error").count() == 0
+    meta = answer.locator(".meta")
+    expect(meta.locator(".tokens")).to_have_text(f"{RESUME_TOKENS} tokens")
+    expect(meta.locator(".finish")).to_have_text("cut at max tokens")
+
+    # the footer: served by the killed node, continued on the other one
+    served = meta.locator("[data-testid=served-by]")
+    expect(served).to_have_attribute("data-node-id", first)
+    expect(served).to_contain_text(f"node {first[:12]} (peer)")
+    continued = meta.locator("[data-testid=continued-on]")
+    expect(continued).to_have_text(f"continued on node {second[:12]}")
+    expect(continued).to_have_attribute("data-node-ids", second)
+    assert second in (continued.get_attribute("title") or "")
+    expect_ready(page)
 
 
 def test_network_view_shows_both_nodes(page: Page, swarm: dict[str, Any]) -> None:

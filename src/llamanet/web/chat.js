@@ -142,7 +142,8 @@ export class Chat {
         : await readChatResponse(response, view, context);
       view.finish(result);
       remember("assistant", result.text);
-      if (view.nodeId) this.hooks.onServed?.(view.nodeId);
+      const finishedOn = result.nodes?.at(-1) ?? view.nodeId; // resumed: the node that ended it
+      if (finishedOn) this.hooks.onServed?.(finishedOn);
     } catch (err) {
       const error = err instanceof ApiError ? err : new ApiError(NODE_GONE, { kind: "network" });
       if (error.kind === "aborted") {

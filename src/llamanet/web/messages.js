@@ -1,5 +1,6 @@
 // The conversation as shown: user messages (plain text), errors with a retry button, and
-// assistant answers rendered as markdown while they stream, each with the node that served it.
+// assistant answers rendered as markdown while they stream, each with the node that served it
+// (and the nodes it was continued on, when its node failed mid-answer).
 
 import { escapeHtml, renderMarkdown } from "./markdown.js";
 
@@ -127,12 +128,17 @@ class AnswerView {
     this.root.dataset.nodeId = nodeId;
   }
 
-  /** info: {tokens, approximate, tokensPerSecond, ttftMs, finishReason, stopped} */
+  /**
+   * info: {tokens, approximate, tokensPerSecond, ttftMs, finishReason, stopped, nodes}; `nodes`:
+   * every node that served a resumed stream, in order (the first is the one in the header).
+   */
   finish(info = {}) {
     this.renderPending = false;
     this.render();
     this.root.classList.remove("pending", "streaming");
     if (info.stopped) this.root.classList.add("stopped");
+    const served = Array.isArray(info.nodes) ? info.nodes : [];
+    if (!this.nodeId && served.length) this.setNode(served[0]);
     const parts = [];
     if (this.nodeId) {
       // the id comes from a response header: escape it like any other outside text
@@ -140,6 +146,14 @@ class AnswerView {
       const self = this.nodeId === this.list.hooks.selfId();
       parts.push(`<span class="served-by" data-testid="served-by" data-node-id="${id}" title="Served by node ${
         id}">node <b class="mono">${escapeHtml(short(this.nodeId))}</b>${self ? " (this node)" : " (peer)"}</span>`);
+    }
+    const later = served.slice(1);
+    if (later.length) {
+      // its node stopped responding part-way: the answer was resumed on another node (or more)
+      const ids = later.map((nodeId) => escapeHtml(nodeId));
+      const names = later.map((nodeId) => `node <b class="mono">${escapeHtml(short(nodeId))}</b>`);
+      parts.push(`<span class="continued" data-testid="continued-on" data-node-ids="${ids.join(" ")}" title="Its node stopped responding; continued on node ${
+        ids.join(", then on node ")}">continued on ${names.join(", then on ")}</span>`);
     }
     if (info.tokens != null) {
       parts.push(`<span class="tokens">${info.approximate ? "~" : ""}${info.tokens} token${info.tokens === 1 ? "" : "s"}</span>`);

@@ -1,5 +1,6 @@
 // Stream decoding: a Server-Sent Events reader over fetch (EventSource cannot POST), and the
-// OpenAI chat-completion chunks it carries turned into text, finish reason, usage and speed.
+// OpenAI chat-completion chunks it carries turned into text, finish reason, usage, speed and the
+// nodes that served a stream resumed after its node failed.
 
 import { ApiError, NODE_GONE, describeError } from "./api.js";
 
@@ -55,9 +56,11 @@ export async function* sseEvents(response, signal) {
 /**
  * Reads a streamed chat completion (`stream: true`, usage included at the end). `onText` gets the
  * whole text so far after each piece. Resolves to {text, finishReason, tokens, approximate,
- * tokensPerSecond, ttftMs}; an error event, or a stream cut before `[DONE]` and any finish
- * reason, throws ApiError. context: {startedAt (performance.now() at the request), model,
- * available} (the last two word errors).
+ * tokensPerSecond, ttftMs, nodes}; `nodes` is every node that served the answer, in order, when
+ * it took more than one (a gateway that resumed the stream on another node names them in the
+ * finish chunk: `"llamanet": {"nodes": [...]}`), else null. An error event, or a stream cut
+ * before `[DONE]` and any finish reason, throws ApiError. context: {startedAt
+ * (performance.now() at the request), model, available} (the last two word errors).
  */
 export async function readChatStream(response, onText, signal, context) {
   let text = "";
@@ -65,6 +68,7 @@ export async function readChatStream(response, onText, signal, context) {
   let firstAt = null;
   let finishReason = null;
   let usage = null;
+  let nodes = null;
   let done = false;
   for await (const data of sseEvents(response, signal)) {
     if (data === "[DONE]") {
@@ -81,6 +85,8 @@ export async function readChatStream(response, onText, signal, context) {
       throw new ApiError(describeError(0, event.error, context), { code: event.error.code ?? null });
     }
     if (event.usage) usage = event.usage;
+    const served = event.llamanet?.nodes;
+    if (Array.isArray(served) && served.length > 1) nodes = served.map(String);
     const choice = event.choices?.[0];
     if (!choice) continue;
     const piece = choice.delta?.content;
@@ -103,5 +109,6 @@ export async function readChatStream(response, onText, signal, context) {
     approximate: !usage,
     tokensPerSecond: tokens > 1 && decodeSeconds > 0 ? (tokens - 1) / decodeSeconds : null,
     ttftMs: firstAt != null ? firstAt - context.startedAt : null,
+    nodes,
   };
 }
