@@ -104,29 +104,12 @@ def record_steps(engine: LlamaEngine, job: Job, name: str) -> list[int]:
     return steps
 
 
-def assert_same_greedy(got: GenerationResult, ref: GenerationResult, what: str) -> None:
-    """The strongest property that holds on this build: the same tokens up to the first place
-    where the reference's top two candidates are nearly tied, and there the other candidate.
-
-    Bit-identical text does not hold: with a unified KV cache a sequence's cells sit wherever
-    there was room (prefix reuse, other slots), llama.cpp's CPU attention sums in cell order, and
-    the float differences (seen: logprob shifts up to 0.1 with flash attention, smaller without)
-    flip near-ties after some tokens. Cross-talk would differ at once and by far more."""
-    n = 0
-    for a, b in zip(got.token_ids, ref.token_ids, strict=False):
-        if a != b:
-            break
-        n += 1
-    if n == min(len(got.token_ids), len(ref.token_ids)):
-        assert got.text == ref.text or got.finish_reason != ref.finish_reason or n > 0, what
-        return
-    assert n >= 1, f"{what}: differs from the first token: {got.text!r} vs {ref.text!r}"
-    alt = ref.logprobs[n]
-    top = {t.token: t.logprob for t in alt.top}
-    assert len(alt.top) >= 2 and alt.top[0].logprob - alt.top[1].logprob < 0.5, (what, n, alt)
-    for x, y in zip(got.logprobs[:n], ref.logprobs[:n], strict=False):
-        assert abs(x.logprob - y.logprob) < 0.5, (what, x, y)
-    del top
+def assert_same_answer(got: GenerationResult, ref: GenerationResult, what: str) -> None:
+    """At temperature 0 a sequence's answer is token for token the same whatever ran beside it
+    (one KV stream per slot, generating tokens and prompt chunks in separate decodes: see the
+    scheduler's docstring). Cross-talk or a cache mix-up would change it."""
+    assert got.token_ids == ref.token_ids, (what, got.text, ref.text)
+    assert got.text == ref.text and got.finish_reason == ref.finish_reason, what
 
 
 def check_usage(seen: Streamed, prompt_tokens: int) -> GenerationResult:
@@ -184,7 +167,7 @@ async def test_eight_concurrent_requests_get_their_own_answers(
         r = check_usage(s, len(toks))
         ref = alone[prompt].result
         assert ref is not None
-        assert_same_greedy(r, ref, prompt)
+        assert_same_answer(r, ref, prompt)
     # no two answers are the same text: the sequences did not leak into each other
     assert len({s.text for s in seen}) == len(PROMPTS)
 
@@ -211,7 +194,7 @@ async def test_greedy_text_is_the_same_alone_and_joining_a_full_batch(
     joined = await generate(engine, target, GREEDY)
     await asyncio.gather(*tasks)
     assert joined.result is not None and alone[target].result is not None
-    assert_same_greedy(joined.result, alone[target].result, target)
+    assert_same_answer(joined.result, alone[target].result, target)
 
 
 async def test_cancelling_one_of_eight_frees_its_slot_within_one_step(
@@ -256,7 +239,7 @@ async def test_cancelling_one_of_eight_frees_its_slot_within_one_step(
         r = check_usage(s, len(toks))
         ref = alone[prompt].result
         assert ref is not None
-        assert_same_greedy(r, ref, prompt)
+        assert_same_answer(r, ref, prompt)
     await wait_idle(engine)
 
 
@@ -328,9 +311,10 @@ async def test_eight_identical_prompts_are_prefilled_once(engine: LlamaEngine) -
     seen = await asyncio.gather(*(consume(engine, j) for j in jobs))
     evaluated = engine.stats.prompt_tokens_evaluated - evaluated0
     reused = engine.stats.prompt_tokens_reused - reused0
-    # one full prefill, then each of the other 7 evaluates only the last prompt token
-    assert evaluated <= len(tokens) + 8, (evaluated, len(tokens))
-    assert reused >= 7 * (len(tokens) - 1)
+    # one full prefill, then each of the other 7 copies it and evaluates only the last two
+    # prompt tokens (never one alone: the first token's logits must be the same as the first's)
+    assert evaluated <= len(tokens) + 2 * 7, (evaluated, len(tokens))
+    assert reused >= 7 * (len(tokens) - 2)
     texts = {check_usage(s, len(tokens)).text for s in seen}
     assert len(texts) == 1
 
@@ -468,11 +452,6 @@ async def test_resume_continues_exactly(engine: LlamaEngine) -> None:
     assert r.finish_reason == "length"
 
 
-@pytest.mark.xfail(
-    reason="open: resumed at a held-back cut, the continuation differed from the full run "
-    "(numerics after prefix reuse, or the held-back replay); see the enginetests report",
-    strict=False,
-)
 async def test_resume_with_a_stop_sequence(engine: LlamaEngine) -> None:
     tokens = await engine.tokenize(prompt=STORY)
     probe = await consume(
@@ -539,11 +518,6 @@ async def test_resume_of_everything_ends_at_once(engine: LlamaEngine) -> None:
     await wait_idle(engine)
 
 
-@pytest.mark.xfail(
-    reason="open: choice i of submit_n differed from a lone run with seed+i after 3 tokens "
-    "(temperature 0.8: batch/cache numerics, unconfirmed); see the enginetests report",
-    strict=False,
-)
 async def test_submit_n_evaluates_the_prompt_once_with_seeds_seed_plus_i(
     engine: LlamaEngine,
 ) -> None:
@@ -560,7 +534,8 @@ async def test_submit_n_evaluates_the_prompt_once_with_seeds_seed_plus_i(
     assert [j.fork for j in jobs] == [0, 1, 2]
     seen = await asyncio.gather(*(consume(engine, j) for j in jobs))
     evaluated = engine.stats.prompt_tokens_evaluated - evaluated0
-    assert evaluated <= len(tokens) + 3, (evaluated, len(tokens))
+    # once, and the last two prompt tokens again for each other choice (never one alone)
+    assert evaluated <= len(tokens) + 2 * 2, (evaluated, len(tokens))
     results = [check_usage(s, len(tokens)) for s in seen]
     for i, r in enumerate(results):
         single = await generate(
@@ -663,7 +638,6 @@ async def long_engine(model_path: Path) -> AsyncIterator[LlamaEngine]:
     await eng.close()
 
 
-@pytest.mark.xfail(strict=False, reason="open: failed once in a fresh-clone CI run (see the note)")
 async def test_a_long_prompt_does_not_stall_running_streams(long_engine: LlamaEngine) -> None:
     eng = long_engine
     # logprobs=0: every token is its own piece, so a step without a piece is a step without a token
@@ -705,13 +679,15 @@ async def test_a_long_prompt_does_not_stall_running_streams(long_engine: LlamaEn
 
 
 @pytest.mark.timeout(45)
-@pytest.mark.xfail(reason="open: hung (timeout) on this build, cause not found yet", strict=False)
 async def test_close_fails_queued_jobs(model_path: Path) -> None:
     eng = await LlamaEngine.load(
         model_path, model_id="test-close", n_ctx=512, n_threads=1, parallel=1, queue_size=3
     )
     tokens = await eng.tokenize(prompt="Tell me a very long story.")
-    params = SamplingParams(temperature=0.0, max_tokens=400)
+    # the end-of-generation tokens biased away: an answer ending before its first piece (the
+    # model may well end at once on this bare prompt) would leave `first` unset forever
+    no_end = tuple((t, -100.0) for t in range(eng.n_vocab) if eng.is_eog(t))
+    params = SamplingParams(temperature=0.0, max_tokens=400, logit_bias=no_end)
     first = asyncio.Event()
     jobs = [eng.submit(tokens, params) for _ in range(4)]
     tasks = [

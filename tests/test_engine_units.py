@@ -4,7 +4,7 @@ another slot, waiting for one being prefilled) and held-back stop-sequence match
 from __future__ import annotations
 
 from llamanet.node.engine import StopMatcher
-from llamanet.node.engine._slots import Slot, common_prefix, pending_share, place
+from llamanet.node.engine._slots import MIN_COPY, Slot, common_prefix, pending_share, place
 
 
 def _slots(*contents: list[int], busy: tuple[int, ...] = ()) -> list[Slot]:
@@ -63,11 +63,24 @@ def test_at_least_one_prompt_token_is_left_to_evaluate() -> None:
 def test_a_busy_slot_with_a_longer_prefix_donates_to_the_oldest_free_slot() -> None:
     slots = _slots([1, 2, 3, 4, 5], [1, 2], [6], busy=(0,))
     slots[1].last_used, slots[2].last_used = 10.0, 2.0
-    p = place(slots, [1, 2, 3, 4, 9])
+    p = place(slots, [1, 2, 3, 4, 9], min_copy=1)
     assert p is not None
     assert p.donor is slots[0] and p.reuse == 4
     assert p.slot is slots[2]  # the oldest free slot; slot 1's own 2 tokens are worth less
     assert not p.slot.busy
+
+
+def test_a_copy_must_save_min_copy_tokens() -> None:
+    """One KV stream per slot: a copy moves a whole stream, worth it only for a long prefix."""
+    prompt = list(range(100))
+    slots = _slots(prompt[: 10 + MIN_COPY], prompt[:10], busy=(0,))
+    p = place(slots, prompt)  # the busy slot holds MIN_COPY more tokens: copied
+    assert p is not None and p.donor is slots[0] and p.reuse == 10 + MIN_COPY
+    slots = _slots(prompt[: 9 + MIN_COPY], [*prompt[:10], 7], busy=(0,))
+    p = place(slots, prompt)  # one less is not enough: evaluated again
+    assert p is not None and p.donor is None and p.slot is slots[1] and p.reuse == 10
+    p = place(_slots(prompt[: MIN_COPY - 1], [], busy=(0,)), prompt)
+    assert p is not None and p.donor is None and p.reuse == 0
 
 
 def test_a_free_slot_with_the_prefix_does_not_copy() -> None:
@@ -78,13 +91,13 @@ def test_a_free_slot_with_the_prefix_does_not_copy() -> None:
 
 def test_donor_share_is_capped_at_prompt_minus_one() -> None:
     slots = _slots([1, 2, 3, 4, 5, 6], [], busy=(0,))
-    p = place(slots, [1, 2, 3])
+    p = place(slots, [1, 2, 3], min_copy=1)
     assert p is not None and p.donor is slots[0] and p.reuse == 2 and p.slot is slots[1]
 
 
 def test_place_never_picks_a_busy_slot() -> None:
     slots = _slots([1, 2, 3], [1, 2, 3], [], busy=(0, 1))
-    p = place(slots, [1, 2, 3, 4])
+    p = place(slots, [1, 2, 3, 4], min_copy=1)
     assert p is not None and p.slot is slots[2] and not p.slot.busy
     assert p.donor in (slots[0], slots[1]) and p.reuse == 3
 
@@ -97,13 +110,13 @@ def test_pending_share_waits_for_a_prefix_being_prefilled() -> None:
     slot = Slot(seq_id=0, tokens=prompt[:10], planned=prompt[10:], busy=True)
     assert pending_share([slot], prompt, have=0)
     # what we already have is close to what the prefill will give: not worth waiting
-    assert not pending_share([slot], prompt, have=90)
-    assert pending_share([slot], prompt, have=84)
+    assert not pending_share([slot], prompt, have=100 - MIN_COPY + 1)  # not worth a copy
+    assert pending_share([slot], prompt, have=100 - MIN_COPY)
 
 
 def test_pending_share_ignores_small_or_finished_prefixes() -> None:
     prompt = list(range(100))
-    short = Slot(seq_id=0, tokens=[], planned=prompt[:10], busy=True)  # shares < 16 tokens
+    short = Slot(seq_id=0, tokens=[], planned=prompt[: MIN_COPY - 1], busy=True)
     assert not pending_share([short], prompt, have=0)
     done = Slot(seq_id=1, tokens=prompt, planned=[], busy=True)  # nothing planned: place() shares
     assert not pending_share([done], prompt, have=0)

@@ -27,14 +27,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from llamanet import LlamaNetClient
 from llamanet.cli.launcher import NodeProcess
 
-pytestmark = [
-    pytest.mark.model,
-    # OPEN DEFECT (see the closing note of issue 13): these passed on the faults branch and in
-    # a fresh-clone run at 6bf7af7, then in the run at ea8c702 the first kill gave a text that
-    # diverged at the junction and the later tests failed after it (the module's swarm does not
-    # replace a killed node). Kept running, not asserted, until the divergence is understood.
-    pytest.mark.xfail(strict=False, reason="exact continuation diverged once in CI; open"),
-]
+pytestmark = pytest.mark.model
 
 StartNode = Callable[..., NodeProcess]
 CHAT: list[ChatCompletionMessageParam] = [

@@ -5,8 +5,12 @@ prompt that cannot fit a 400, before any response starts); the `Scheduler` on th
 runs them `parallel` at a time in one llama context (see `_scheduler.py`). The `Llama` object
 serves tokenization, the chat template and metadata only; its own context is tiny.
 
-Memory: the KV cache holds `parallel x n_ctx` tokens (unified across the slots, so a prefix
-shared by several slots is stored once); it is logged at start.
+Memory: the KV cache holds `parallel x n_ctx` tokens, one stream of `n_ctx` per slot; it is
+logged at start. One stream per slot rather than one unified buffer: in a unified buffer a
+sequence's cells sit wherever there was room, attention sums them in that order, and the same
+greedy request gave different text depending on the cache's history (8 prompts prefilled
+together diverged after 6-12 tokens); per-slot streams give the same numbers every time. The
+price: sharing a prefix between slots copies the donor's stream instead of sharing its cells.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ class LlamaEngine:
             n_batch=n_batch,
             prefill_chunk=PREFILL_CHUNK,
             piece=self._piece_bytes,
-            is_eog=lambda token: bool(C.llama_vocab_is_eog(self._vocab, token)),
+            is_eog=self.is_eog,
             on_step=self._on_step,
         )
         self._worker = threading.Thread(
@@ -169,11 +173,10 @@ class LlamaEngine:
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = self.parallel
         params.n_threads = params.n_threads_batch = n_threads  # one thread team, not two
-        params.kv_unified = True  # shared prefixes share cells
-        # No flash attention: with it (llama.cpp's CPU kernel, unified cache, a sequence's cells
-        # wherever there was room after prefix reuse) the same greedy request got a different
-        # first token depending on the cache's history (logprob shifts up to 0.1; see
-        # tests/test_engine.py); without it the first token's logprobs are bit-identical.
+        params.kv_unified = False  # one stream per slot (the module docstring says why)
+        # No flash attention: with it (llama.cpp's CPU kernel) the same greedy request got a
+        # different first token depending on the cache's history (logprob shifts up to 0.1);
+        # without it the first token's logprobs are bit-identical.
         params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         ctx = C.llama_init_from_model(model, params)
@@ -243,6 +246,10 @@ class LlamaEngine:
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         prompt: str = self._chat_template(messages=messages).prompt
         return prompt
+
+    def is_eog(self, token: int) -> bool:
+        """Whether `token` ends a generation (end of text, end of turn)."""
+        return bool(C.llama_vocab_is_eog(self._vocab, token))
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         data: bytes = self.llm.detokenize(list(tokens))

@@ -1,15 +1,23 @@
 """The continuous-batching loop: one worker thread, one llama context, `parallel` sequences.
 
-Each step builds one `llama_batch` holding the next token of every generating sequence and,
-within the step's prompt budget, chunks of prompts being prefilled, then calls `llama_decode`
-once and samples every sequence that produced logits with its own sampler chain. Requests join
-between steps (FIFO, a waiting request takes the first free slot); a sequence that finishes or
-whose consumer left frees its slot at once, keeping its KV for prefix reuse.
+A step is one `llama_decode` over the next token of every generating sequence (one token per
+sequence, each with its own sampler chain), then chunks of the prompts being prefilled, each
+chunk in a `llama_decode` of its own. Requests join between steps (FIFO, a waiting request
+takes the first free slot); a sequence that finishes or whose consumer left frees its slot at
+once, keeping its KV for prefix reuse.
+
+Why generating tokens and prompt chunks never share a call, and a prompt chunk never leaves a
+lone token behind: llama.cpp's CPU kernels round differently for one token than for a run of
+tokens, so a sequence's numbers would depend on the company it had. Kept apart (with one KV
+stream per slot, see `_engine.py`), every generated token is evaluated alone in its sequence and
+every prompt token among its own prompt's tokens: a temperature-0 answer is the same alone, in
+a full batch, after a prefix-cache hit, and on another node resuming it. Resumed tokens
+(`resume_tokens`) go in one per step, as they were generated, for the same reason.
 
 The stall a long prompt can cause: while other sequences generate, at most `prefill_chunk`
-prompt tokens join a step, so a running stream waits at most one such step per chunk (on this
-2-core machine with the 135M model, 256 prompt tokens are about 60-120 ms) instead of the whole
-prompt. With nothing generating, prompts are evaluated `n_batch` tokens at a time.
+prompt tokens are evaluated per step, so a running stream waits at most one such chunk per
+token (on this 2-core machine with the 135M model, 256 prompt tokens are about 60-120 ms)
+instead of the whole prompt. With nothing generating, prompts go `n_batch` tokens at a time.
 
 Everything here runs on the worker thread; it talks to the event loop only through
 `Job.emit` and `Job.on_loop` (which use `call_soon_threadsafe`).
@@ -167,22 +175,29 @@ class Scheduler:
         params = job.params
         seed = params.seed + job.fork if params.seed is not None else RANDOM_SEED
         sampler = SequenceSampler(self.vocab, self.n_vocab, params, seed & 0xFFFFFFFF)
-        if donor is not None:
-            C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-            C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, 0, reuse)
-        else:
-            C.llama_memory_seq_rm(self.mem, slot.seq_id, reuse, -1)
+        if job.resume:  # another node's tokens: the sampler goes to where that node's was
+            try:
+                sampler.resume(job.resume)
+            except InvalidGrammar:
+                sampler.close()
+                raise
+        prompt = len(job.prompt_tokens) - len(job.resume)
+        if prompt - 2 < reuse < prompt:  # the prompt's end goes in as a chunk of 2 or more
+            reuse = max(0, prompt - 2)
+        if donor is not None:  # one KV stream per slot: the copy takes the donor's whole stream
+            C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, -1, -1)
+        C.llama_memory_seq_rm(self.mem, slot.seq_id, reuse, -1)
         slot.tokens = list(job.prompt_tokens[:reuse])
-        prompt_end = max(reuse, len(job.prompt_tokens) - len(job.resume))
+        prompt_end = max(reuse, prompt)
         slot.planned = list(job.prompt_tokens[reuse:prompt_end])
         slot.busy = True
         slot.last_used = time.monotonic()
         seq = _Sequence(job=job, slot=slot, sampler=sampler, reused=reuse)
         seq.stops = StopMatcher(params.stop)
-        if job.resume:  # another node's tokens: move every piece of state to where it was
-            sampler.accept(job.resume)
-            for token in job.resume:
-                seq.stops.feed(seq.decoder.decode(self.piece(token)))
+        stopped = False
+        if job.resume:  # and the stop matcher, the text and the tokens to replay
+            for token in job.resume:  # the stream was cut after its stop sequence's tokens
+                stopped = seq.stops.feed(seq.decoder.decode(self.piece(token)))[1] or stopped
             seq.generated = list(job.resume)
             seq.sent = len(job.resume)
             seq.replay = list(job.prompt_tokens[prompt_end:])
@@ -190,7 +205,9 @@ class Scheduler:
                 seq.next_token = seq.replay.pop(0)
         self.running.append(seq)
         job.report_started(reuse, len(job.prompt_tokens) - reuse)
-        if len(seq.generated) >= job.max_tokens:
+        if stopped:
+            self._complete(seq, "stop")
+        elif len(seq.generated) >= job.max_tokens:
             self._complete(seq, "length")
 
     # ------------------------------------------------------------------ one step
@@ -201,42 +218,60 @@ class Scheduler:
             seq.job.report_cancelled(seq.new_tokens)
 
     def _step(self) -> None:
-        batch, n = self.batch, 0
-        outputs: list[tuple[_Sequence, int]] = []
+        """One token of every generating sequence in one `llama_decode`, then prompt chunks,
+        each in a `llama_decode` of its own (the module docstring says why)."""
         decoding = [s for s in self.running if s.next_token is not None]
-        for seq in decoding:
+        decoded = self._decode_tokens(decoding) if decoding else 0
+        budget = self.prefill_chunk if decoding else self.n_batch
+        prompt_tokens = 0
+        for seq in [s for s in self.running if s.slot.planned]:
+            if budget < 2 and prompt_tokens:
+                break
+            n = self._prefill_chunk(seq, max(budget, 2))
+            budget -= n
+            prompt_tokens += n
+        if decoded or prompt_tokens:
+            self.on_step(decoded + prompt_tokens, prompt_tokens, decoded)
+
+    def _decode_tokens(self, decoding: list[_Sequence]) -> int:
+        outputs: list[tuple[_Sequence, int]] = []
+        for n, seq in enumerate(decoding):
             token, seq.next_token = seq.next_token or 0, None
             self._add(n, token, len(seq.slot.tokens), seq.slot.seq_id, True)
             seq.slot.tokens.append(token)
             outputs.append((seq, n))
-            n += 1
-        budget = (self.prefill_chunk if decoding else self.n_batch) - n
-        prompt_tokens = 0
-        for seq in self.running:
-            slot = seq.slot
-            if not slot.planned or budget <= 0:
-                continue
-            chunk = slot.planned[:budget]
-            last = len(chunk) == len(slot.planned)
-            pos = len(slot.tokens)
-            for i, token in enumerate(chunk):
-                self._add(n, token, pos + i, slot.seq_id, last and i == len(chunk) - 1)
-                n += 1
-            if last:
-                outputs.append((seq, n - 1))
-            slot.tokens.extend(chunk)
-            del slot.planned[: len(chunk)]
-            budget -= len(chunk)
-            prompt_tokens += len(chunk)
-        batch.n_tokens = n
-        status = C.llama_decode(self.ctx, batch)
-        if status != 0:
-            for seq in list(self.running):
-                self._fail(seq, GenerationFailed(f"llama_decode failed ({status})"))
-            return
-        self.on_step(n, prompt_tokens, len(decoding))
+        if not self._decode(len(decoding), decoding):
+            return 0
         for seq, row in outputs:
             self._sample(seq, row)
+        return len(decoding)
+
+    def _prefill_chunk(self, seq: _Sequence, budget: int) -> int:
+        """Up to `budget` of `seq`'s prompt tokens; never leaves a lone token for later (a
+        token evaluated alone takes other CPU kernels than one among others)."""
+        slot = seq.slot
+        remaining = len(slot.planned)
+        n = min(budget, remaining)
+        if remaining - n == 1:
+            n = remaining - 2 if remaining >= 4 else remaining
+        chunk = slot.planned[:n]
+        last = n == remaining
+        pos = len(slot.tokens)
+        for i, token in enumerate(chunk):
+            self._add(i, token, pos + i, slot.seq_id, last and i == n - 1)
+        slot.tokens.extend(chunk)
+        del slot.planned[:n]
+        if self._decode(n, [seq]) and last:
+            self._sample(seq, n - 1)
+        return n
+
+    def _decode(self, n: int, seqs: list[_Sequence]) -> bool:
+        self.batch.n_tokens = n
+        status = int(C.llama_decode(self.ctx, self.batch))
+        if status != 0:  # the KV of these sequences is now uncertain: they end here
+            for seq in seqs:
+                self._fail(seq, GenerationFailed(f"llama_decode failed ({status})"))
+        return status == 0
 
     def _add(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
         b = self.batch

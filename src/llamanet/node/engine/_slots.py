@@ -5,9 +5,12 @@ Each slot is one llama.cpp sequence id. A slot remembers the tokens whose KV it 
 its request ended, so the next turn of a chat finds its history there. A new prompt goes to the
 free slot holding its longest common prefix (least recently used on ties, which also picks the
 slot whose cache is least likely to be wanted again). When *another* slot, busy or idle, holds a
-longer prefix, that prefix is copied into the chosen slot (`llama_memory_seq_cp`: with a unified
-KV cache the cells are shared, not duplicated), so a system prompt many users share, or the same
-prompt sent by many clients, is evaluated once. Pure logic: the KV operations are the caller's.
+longer prefix by at least `MIN_COPY` tokens, that prefix is copied into the chosen slot
+(`llama_memory_seq_cp`), so a system prompt many users share, or the same prompt sent by many
+clients, is evaluated once. The threshold is there because the KV is one stream per slot: a copy
+moves the donor's whole stream (all n_ctx cells, ~47 MB for the default model at n_ctx 2048, a
+memory copy of a few ms), about what evaluating a couple of prompt tokens costs here. Pure logic:
+the KV operations are the caller's.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Placement", "Slot", "common_prefix", "pending_share", "place"]
+__all__ = ["MIN_COPY", "Placement", "Slot", "common_prefix", "pending_share", "place"]
+
+
+MIN_COPY = 8  # prompt tokens a copy from another slot must save
 
 
 @dataclass(eq=False)
@@ -42,7 +48,9 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def place(slots: Sequence[Slot], prompt: Sequence[int]) -> Placement | None:
+def place(
+    slots: Sequence[Slot], prompt: Sequence[int], *, min_copy: int = MIN_COPY
+) -> Placement | None:
     """Where `prompt` goes; None when no slot is free. At least one prompt token is always left
     to evaluate: its logits give the first generated token."""
     free = [s for s in slots if not s.busy]
@@ -56,7 +64,7 @@ def place(slots: Sequence[Slot], prompt: Sequence[int]) -> Placement | None:
         if slot is best:
             continue
         n = min(common_prefix(slot.tokens, prompt), limit)
-        if n > shared:
+        if n >= own + min_copy and n > shared:
             donor, shared = slot, n
     if donor is not None:  # a busy slot holds more (a free one cannot: `best` has the most)
         target = min(free, key=lambda s: s.last_used)  # its own cache is dropped: the oldest
@@ -64,12 +72,14 @@ def place(slots: Sequence[Slot], prompt: Sequence[int]) -> Placement | None:
     return Placement(slot=best, reuse=own, donor=None)
 
 
-def pending_share(slots: Sequence[Slot], prompt: Sequence[int], have: int) -> bool:
+def pending_share(
+    slots: Sequence[Slot], prompt: Sequence[int], have: int, *, min_copy: int = MIN_COPY
+) -> bool:
     """True when a slot still prefilling will soon hold clearly more of `prompt` than `have`
     tokens: waiting a step or two for it beats evaluating the same prefix twice."""
     for slot in slots:
         if slot.planned:
             n = common_prefix(slot.tokens + slot.planned, prompt)
-            if n >= have + 16 and n > len(slot.tokens):
+            if n >= have + min_copy and n > len(slot.tokens):
                 return True
     return False
