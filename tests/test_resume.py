@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -112,19 +113,25 @@ def idle(nodes: list[NodeProcess], timeout: float = 15.0) -> None:
         time.sleep(0.2)
 
 
-def chat_run(swarm: Swarm, interrupt: Callable[[NodeProcess], None]) -> dict[str, Any]:
-    """Stream the chat reference request; after CUT_AFTER content chunks interrupt the node
-    serving it. Returns what the user saw."""
+def chat_run(
+    swarm: Swarm,
+    interrupt: Callable[[NodeProcess], None],
+    cut_after: int = CUT_AFTER,
+    **request: Any,
+) -> dict[str, Any]:
+    """Stream the chat reference request (or `request`); after `cut_after` content or
+    tool-call argument chunks interrupt the node serving it. Returns what the user saw."""
+    body: dict[str, Any] = {"messages": CHAT, "max_tokens": TOKENS, **request}
     raw = swarm.sdk().chat.completions.with_raw_response.create(
         model="alpha",
-        messages=CHAT,
-        max_tokens=TOKENS,
         temperature=0,
         stream=True,
         stream_options={"include_usage": True},
+        **body,
     )
     serving = swarm.ids[raw.headers["x-llamanet-node"]]
     texts, ids, roles, finishes, usage, extra = [], set(), 0, [], None, {}
+    calls: dict[int, dict[str, str]] = {}
     last_before = first_after = 0.0
     for chunk in raw.parse():
         ids.add(chunk.id)
@@ -134,11 +141,19 @@ def chat_run(swarm: Swarm, interrupt: Callable[[NodeProcess], None]) -> dict[str
         for choice in chunk.choices:
             if choice.delta.role:
                 roles += 1
-            if choice.delta.content:
-                if len(texts) == CUT_AFTER:
+            pieces = [choice.delta.content] if choice.delta.content else []
+            for call in choice.delta.tool_calls or []:
+                got = calls.setdefault(call.index, {"name": "", "arguments": ""})
+                if call.function and call.function.name:
+                    got["name"] += call.function.name
+                if call.function and call.function.arguments:
+                    got["arguments"] += call.function.arguments
+                    pieces.append(call.function.arguments)
+            for piece in pieces:
+                if len(texts) == cut_after:
                     first_after = time.monotonic()
-                texts.append(choice.delta.content)
-                if len(texts) == CUT_AFTER:
+                texts.append(piece)
+                if len(texts) == cut_after:
                     last_before = time.monotonic()
                     interrupt(serving)
             if choice.finish_reason:
@@ -146,6 +161,7 @@ def chat_run(swarm: Swarm, interrupt: Callable[[NodeProcess], None]) -> dict[str
                 extra = chunk.model_extra or {}
     return {
         "text": "".join(texts),
+        "calls": [calls[i] for i in sorted(calls)],
         "ids": ids,
         "roles": roles,
         "finishes": finishes,
@@ -163,6 +179,42 @@ def test_kill_mid_chat_stream_resumes_identically(swarm: Swarm, reference: dict[
     assert seen["usage"] is not None
     assert seen["usage"].completion_tokens >= CUT_AFTER
     assert len(seen["nodes"]) == 2 and seen["nodes"][0] == node_id_of(swarm, seen["serving"])
+    swarm.replace(seen["serving"])
+
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer"},
+        "hobbies": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 16},
+            "minItems": 3,
+            "maxItems": 4,
+        },
+        "biography": {"type": "string", "maxLength": 80},
+    },
+    "required": ["name", "age", "hobbies", "biography"],
+    "additionalProperties": False,
+}
+PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+PERSON_CHAT = [{"role": "user", "content": "Describe a fictional sailor as JSON."}]
+
+
+def test_kill_mid_json_schema_stream_resumes_inside_the_object(swarm: Swarm) -> None:
+    """The new node's grammar first takes the delivered tokens: the object goes on where it
+    was cut, and the whole answer still parses and matches the schema."""
+    request = {"messages": PERSON_CHAT, "response_format": PERSON_FORMAT, "max_tokens": 160}
+    reference = swarm.sdk().chat.completions.create(model="alpha", temperature=0, **request)
+    expected = reference.choices[0].message.content or ""
+    assert reference.choices[0].finish_reason == "stop", expected
+    seen = chat_run(swarm, lambda node: node.proc.kill(), cut_after=12, **request)
+    assert seen["text"] == expected
+    assert len(seen["nodes"]) == 2, seen  # it was resumed, not answered by one node
+    person = json.loads(seen["text"])
+    assert set(person) == set(PERSON["required"]) and isinstance(person["age"], int)
+    assert len(person["hobbies"]) >= 3 and seen["finishes"] == ["stop"]
     swarm.replace(seen["serving"])
 
 
