@@ -3,6 +3,7 @@
     python bench/concurrency_bench.py [--streams 1,2,4,8,16] [--rounds 2] [--max-tokens 128]
         [--threads 2] [--parallel 8] [--node-args "..."] [--servers node,llama_cpp,llama-server]
         [--plot docs/concurrency.png] [--json results.json] [--no-build] [--no-interleave]
+    python bench/concurrency_bench.py --report results.json [--plot out.png]
 
 Why: a node is only worth running if it serves many users at once at least as well as llama.cpp's
 own server does on the same hardware. For each level N, each server in turn (one at a time,
@@ -173,6 +174,20 @@ class ServerRun:
 
     def level(self, streams: int) -> Level | None:
         return next((lv for lv in self.levels if lv.streams == streams), None)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ServerRun:
+        """The inverse of `asdict` (the `--json` file)."""
+        levels = [
+            Level(
+                lv["streams"],
+                [Stream(**r) for r in lv["results"]],
+                lv["wall_s"],
+                tuple(lv["loadavg"]),
+            )
+            for lv in raw["levels"]
+        ]
+        return cls(raw["name"], raw["command"], levels, raw["peak_rss_mib"], raw["error"])
 
 
 async def one_stream(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Stream:
@@ -408,7 +423,19 @@ def main() -> None:
         help="run every level on one start of each server (default: per level, each server in "
         "turn, restarted, so load changes on the shared machine fall on all alike)",
     )
+    ap.add_argument(
+        "--report", type=Path, help="measure nothing: print the tables and plot of a --json file"
+    )
     args = ap.parse_args()
+
+    if args.report:
+        raw = json.loads(args.report.read_text())
+        saved = [ServerRun.from_dict(r) for r in raw["runs"]]
+        print(raw["title"])
+        print_tables(saved, sorted({lv.streams for r in saved for lv in r.levels}), print)
+        plot(saved, args.plot, raw["title"])
+        print(f"\nplot: {args.plot}")
+        return
 
     levels = [int(n) for n in args.streams.split(",")]
     servers = [s.strip() for s in args.servers.split(",")]
@@ -508,7 +535,8 @@ def main() -> None:
         f"{start_load[2]:.2f}, end {end_load[0]:.2f} {end_load[1]:.2f} {end_load[2]:.2f} "
         f"on {os.cpu_count()} cores"
     )
-    busy = max(start_load[0], *(lv.loadavg[0] for r in ordered for lv in r.levels))
+    loads = [start_load[0], *(lv.loadavg[0] for r in ordered for lv in r.levels)]
+    busy = max(loads)
     if busy > (os.cpu_count() or 1):
         print(
             f"the machine was busy (1-min load up to {busy:.1f}): llama.cpp threads that wait for "
@@ -518,7 +546,7 @@ def main() -> None:
     print_tables(ordered, levels, print)
     title = (
         f"{model.name}, {args.max_tokens} tokens, temperature 0, {args.threads} threads, "
-        f"{os.cpu_count()} cores; load average {start_load[0]:.1f} -> {end_load[0]:.1f}"
+        f"{os.cpu_count()} cores; 1-min load average {min(loads):.1f}..{busy:.1f}"
     )
     if any(r.levels for r in ordered):
         plot(ordered, args.plot, title)
