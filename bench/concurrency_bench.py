@@ -144,6 +144,7 @@ class Level:
     results: list[Stream] = field(default_factory=list)
     wall_s: float = 0.0
     loadavg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    burst_tps: list[float] = field(default_factory=list)  # each burst's own tokens/s: the noise
 
     @property
     def completed(self) -> int:
@@ -189,6 +190,7 @@ class ServerRun:
                 [Stream(**r) for r in lv["results"]],
                 lv["wall_s"],
                 tuple(lv["loadavg"]),
+                lv.get("burst_tps", []),
             )
             for lv in raw["levels"]
         ]
@@ -276,6 +278,7 @@ def measure(
                 results, wall = asyncio.run(burst(url, requests.take(n)))
                 level.results += results
                 level.wall_s += wall
+                level.burst_tps.append(sum(r.tokens for r in results) / wall)
             level.loadavg = os.getloadavg()
             run.levels.append(level)
             say(
@@ -342,14 +345,15 @@ def print_tables(runs: list[ServerRun], levels: list[int], out: Callable[[str], 
             out(f"  not measured: {run.error}")
             continue
         out(
-            f"  {'streams':>7} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p95':>9} {'done':>6} "
-            f"{'failed':>6} {'tok/stream':>10} {'load 1m':>8}"
+            f"  {'streams':>7} {'tok/s':>7} {'bursts min..max':>15} {'TTFT p50':>9} "
+            f"{'TTFT p95':>9} {'done':>5} {'failed':>6} {'tok/stream':>10} {'load 1m':>8}"
         )
         for lv in run.levels:
+            spread = f"{min(lv.burst_tps):.1f}..{max(lv.burst_tps):.1f}" if lv.burst_tps else "-"
             out(
-                f"  {lv.streams:7d} {lv.tps:7.1f} {lv.ttft(0.5):9.0f} {lv.ttft(0.95):9.0f} "
-                f"{lv.completed:6d} {lv.failed:6d} {lv.tokens / max(1, len(lv.results)):10.1f} "
-                f"{lv.loadavg[0]:8.2f}"
+                f"  {lv.streams:7d} {lv.tps:7.1f} {spread:>15} {lv.ttft(0.5):9.0f} "
+                f"{lv.ttft(0.95):9.0f} {lv.completed:5d} {lv.failed:6d} "
+                f"{lv.tokens / max(1, len(lv.results)):10.1f} {lv.loadavg[0]:8.2f}"
             )
         out(f"  peak RSS {run.peak_rss_mib:.0f} MiB")
     by_name = {run.name: run for run in runs if not run.error}
