@@ -3,6 +3,7 @@
     python bench/concurrency_bench.py [--streams 1,2,4,8,16] [--rounds 2] [--max-tokens 128]
         [--threads 2] [--parallel 8] [--node-args "..."] [--servers node,llama_cpp,llama-server]
         [--plot docs/concurrency.png] [--json results.json] [--no-build] [--no-interleave]
+    python bench/concurrency_bench.py --report results.json [--plot out.png]
 
 Why: a node is only worth running if it serves many users at once at least as well as llama.cpp's
 own server does on the same hardware. For each level N, each server in turn (one at a time,
@@ -10,8 +11,11 @@ each started for that level and stopped before the next starts, so that a change
 this shared machine falls on all of them alike; `--no-interleave` runs all levels on one start
 instead) gets one warm-up request, then `--rounds` bursts of N streaming chat completions sent
 at once: distinct prompts (a ~250-token request whose first words differ, so only the chat
-template's system preamble is shared and no prefix cache can serve a burst from one prefill),
-temperature 0, the same `max_tokens`. Measured as the client sees it:
+template's system preamble is shared and no prefix cache can serve a burst from one prefill;
+`--short-prompts`: ~65 tokens), temperature 0, the same `max_tokens`. On the 2-core machine this
+was written on, prefill is a real share of each request: llama-server logged ~240 prompt tokens/s
+against ~90 decode tokens/s at 2 threads, so ~1 s of a single stream's TTFT is the prompt.
+Measured as the client sees it:
 
 - aggregate tokens/s: completion tokens of every stream of the level / the bursts' wall time
   (completion tokens from the stream's `usage` when the server sends one, else its content
@@ -108,13 +112,15 @@ BRIEF = (
 )
 
 
-def chat_messages(index: int) -> list[dict[str, str]]:
-    """A distinct ~250-token request; its first words differ from every other request's."""
+def chat_messages(index: int, short: bool = False) -> list[dict[str, str]]:
+    """A distinct request (~250 prompt tokens with the chat template, ~65 when `short`); its
+    first words differ from every other request's."""
     topic = TOPICS[index % len(TOPICS)]
+    brief = "" if short else f" {BRIEF}"
     return [
         {
             "role": "user",
-            "content": f"Story {index + 1}, about {topic}. {BRIEF} Now write the story about "
+            "content": f"Story {index + 1}, about {topic}.{brief} Now write the story about "
             f"{topic}, starting with a long opening paragraph.",
         }
     ]
@@ -138,6 +144,7 @@ class Level:
     results: list[Stream] = field(default_factory=list)
     wall_s: float = 0.0
     loadavg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    burst_tps: list[float] = field(default_factory=list)  # each burst's own tokens/s: the noise
 
     @property
     def completed(self) -> int:
@@ -174,6 +181,21 @@ class ServerRun:
     def level(self, streams: int) -> Level | None:
         return next((lv for lv in self.levels if lv.streams == streams), None)
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ServerRun:
+        """The inverse of `asdict` (the `--json` file)."""
+        levels = [
+            Level(
+                lv["streams"],
+                [Stream(**r) for r in lv["results"]],
+                lv["wall_s"],
+                tuple(lv["loadavg"]),
+                lv.get("burst_tps", []),
+            )
+            for lv in raw["levels"]
+        ]
+        return cls(raw["name"], raw["command"], levels, raw["peak_rss_mib"], raw["error"])
+
 
 async def one_stream(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Stream:
     """Streams one chat completion and classifies it."""
@@ -207,37 +229,34 @@ async def one_stream(http: httpx.AsyncClient, url: str, body: dict[str, Any]) ->
     return Stream(True, tokens, ttft)
 
 
-def request_body(index: int, max_tokens: int) -> dict[str, Any]:
-    return {
-        "model": "bench",
-        "messages": chat_messages(index),
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+class Requests:
+    """Hands out request bodies; no prompt is sent twice in one run."""
+
+    def __init__(self, max_tokens: int, short: bool = False) -> None:
+        self.max_tokens, self.short, self.next = max_tokens, short, 0
+
+    def take(self, n: int) -> list[dict[str, Any]]:
+        first, self.next = self.next, self.next + n
+        return [
+            {
+                "model": "bench",
+                "messages": chat_messages(index, self.short),
+                "max_tokens": self.max_tokens,
+                "temperature": 0.0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            for index in range(first, first + n)
+        ]
 
 
-async def burst(url: str, n: int, first_index: int, max_tokens: int) -> tuple[list[Stream], float]:
-    """n requests sent at once; their outcomes and the wall time until the last one ended."""
-    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=0)
+async def burst(url: str, bodies: list[dict[str, Any]]) -> tuple[list[Stream], float]:
+    """The requests sent at once; their outcomes and the wall time until the last one ended."""
+    limits = httpx.Limits(max_connections=len(bodies) + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(900, connect=10)) as http:
         started = time.perf_counter()
-        results = await asyncio.gather(
-            *(one_stream(http, url, request_body(first_index + i, max_tokens)) for i in range(n))
-        )
+        results = await asyncio.gather(*(one_stream(http, url, body) for body in bodies))
         return list(results), time.perf_counter() - started
-
-
-class PromptCounter:
-    """Hands out request indexes so that no prompt is sent twice in one run."""
-
-    def __init__(self) -> None:
-        self.next = 0
-
-    def take(self, n: int) -> int:
-        first, self.next = self.next, self.next + n
-        return first
 
 
 def measure(
@@ -246,20 +265,20 @@ def measure(
     pid: int,
     levels: list[int],
     rounds: int,
-    max_tokens: int,
-    prompts: PromptCounter,
+    requests: Requests,
 ) -> None:
     """Warm-up, then every level's bursts against one running server."""
-    warm, _ = asyncio.run(burst(url, 1, prompts.take(1), max_tokens))
+    warm, _ = asyncio.run(burst(url, requests.take(1)))
     if not warm[0].completed:
         raise RuntimeError(f"the warm-up request failed: {warm[0].detail}")
     with RssSampler({run.name: pid}) as rss:
         for n in levels:
             level = Level(n)
             for _ in range(rounds):
-                results, wall = asyncio.run(burst(url, n, prompts.take(n), max_tokens))
+                results, wall = asyncio.run(burst(url, requests.take(n)))
                 level.results += results
                 level.wall_s += wall
+                level.burst_tps.append(sum(r.tokens for r in results) / wall)
             level.loadavg = os.getloadavg()
             run.levels.append(level)
             say(
@@ -326,14 +345,15 @@ def print_tables(runs: list[ServerRun], levels: list[int], out: Callable[[str], 
             out(f"  not measured: {run.error}")
             continue
         out(
-            f"  {'streams':>7} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p95':>9} {'done':>6} "
-            f"{'failed':>6} {'tok/stream':>10} {'load 1m':>8}"
+            f"  {'streams':>7} {'tok/s':>7} {'bursts min..max':>15} {'TTFT p50':>9} "
+            f"{'TTFT p95':>9} {'done':>5} {'failed':>6} {'tok/stream':>10} {'load 1m':>8}"
         )
         for lv in run.levels:
+            spread = f"{min(lv.burst_tps):.1f}..{max(lv.burst_tps):.1f}" if lv.burst_tps else "-"
             out(
-                f"  {lv.streams:7d} {lv.tps:7.1f} {lv.ttft(0.5):9.0f} {lv.ttft(0.95):9.0f} "
-                f"{lv.completed:6d} {lv.failed:6d} {lv.tokens / max(1, len(lv.results)):10.1f} "
-                f"{lv.loadavg[0]:8.2f}"
+                f"  {lv.streams:7d} {lv.tps:7.1f} {spread:>15} {lv.ttft(0.5):9.0f} "
+                f"{lv.ttft(0.95):9.0f} {lv.completed:5d} {lv.failed:6d} "
+                f"{lv.tokens / max(1, len(lv.results)):10.1f} {lv.loadavg[0]:8.2f}"
             )
         out(f"  peak RSS {run.peak_rss_mib:.0f} MiB")
     by_name = {run.name: run for run in runs if not run.error}
@@ -392,6 +412,11 @@ def main() -> None:
     ap.add_argument("--streams", default="1,2,4,8,16", help="concurrency levels, comma-separated")
     ap.add_argument("--rounds", type=int, default=2, help="bursts per level")
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument(
+        "--short-prompts",
+        action="store_true",
+        help="~65-token prompts instead of ~250 (decode dominates; prefill matters less)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="threads of every server")
     ap.add_argument("--parallel", type=int, default=8, help="slots (llama-server -np, node)")
     ap.add_argument("--n-ctx", type=int, default=2048, help="context per slot")
@@ -408,7 +433,19 @@ def main() -> None:
         help="run every level on one start of each server (default: per level, each server in "
         "turn, restarted, so load changes on the shared machine fall on all alike)",
     )
+    ap.add_argument(
+        "--report", type=Path, help="measure nothing: print the tables and plot of a --json file"
+    )
     args = ap.parse_args()
+
+    if args.report:
+        raw = json.loads(args.report.read_text())
+        saved = [ServerRun.from_dict(r) for r in raw["runs"]]
+        print(raw["title"])
+        print_tables(saved, sorted({lv.streams for r in saved for lv in r.levels}), print)
+        plot(saved, args.plot, raw["title"])
+        print(f"\nplot: {args.plot}")
+        return
 
     levels = [int(n) for n in args.streams.split(",")]
     servers = [s.strip() for s in args.servers.split(",")]
@@ -482,7 +519,7 @@ def main() -> None:
     # interleaved: every server in turn for one level, restarted, so a change in the machine's
     # load falls on all of them alike; else each server runs all levels in one start
     passes = [[n] for n in levels] if args.interleave else [levels]
-    prompts = PromptCounter()
+    requests = Requests(args.max_tokens, args.short_prompts)
     for number, pass_levels in enumerate(passes):
         for name, (command, launcher) in launchers.items():
             run = runs[name]
@@ -492,7 +529,7 @@ def main() -> None:
                 say(f"{LABELS[name]}: {command}")
             try:
                 with launcher(f"{name}-{number}") as (url, pid):
-                    measure(run, url, pid, pass_levels, args.rounds, args.max_tokens, prompts)
+                    measure(run, url, pid, pass_levels, args.rounds, requests)
             except Exception as exc:  # one broken server must not hide the others' numbers
                 run.error = f"{type(exc).__name__}: {str(exc)[:400]}"
                 say(f"  {LABELS[name]} failed: {run.error}")
@@ -501,14 +538,16 @@ def main() -> None:
     end_load = os.getloadavg()
     print(
         f"\nconcurrency bench: {model.name}, {args.max_tokens} max tokens, temperature 0, "
-        f"{args.threads} threads each, {args.rounds} bursts per level, distinct prompts"
+        f"{args.threads} threads each, {args.rounds} bursts per level, distinct "
+        f"{'~65' if args.short_prompts else '~250'}-token prompts"
     )
     print(
         f"load average (1/5/15 min): start {start_load[0]:.2f} {start_load[1]:.2f} "
         f"{start_load[2]:.2f}, end {end_load[0]:.2f} {end_load[1]:.2f} {end_load[2]:.2f} "
         f"on {os.cpu_count()} cores"
     )
-    busy = max(start_load[0], *(lv.loadavg[0] for r in ordered for lv in r.levels))
+    loads = [start_load[0], *(lv.loadavg[0] for r in ordered for lv in r.levels)]
+    busy = max(loads)
     if busy > (os.cpu_count() or 1):
         print(
             f"the machine was busy (1-min load up to {busy:.1f}): llama.cpp threads that wait for "
@@ -518,7 +557,7 @@ def main() -> None:
     print_tables(ordered, levels, print)
     title = (
         f"{model.name}, {args.max_tokens} tokens, temperature 0, {args.threads} threads, "
-        f"{os.cpu_count()} cores; load average {start_load[0]:.1f} -> {end_load[0]:.1f}"
+        f"{os.cpu_count()} cores; 1-min load average {min(loads):.1f}..{busy:.1f}"
     )
     if any(r.levels for r in ordered):
         plot(ordered, args.plot, title)
