@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from fakes import FakeEngine, serving
+from wiring import pieces
 
 from llamanet.node.config import NodeSettings
 from llamanet.node.node import LlamaNetNode
@@ -116,3 +117,24 @@ async def test_keepalive_comments_while_no_event_comes(tmp_path: Path) -> None:
     assert [
         json.loads(line[6:])["text"] for line in res.text.splitlines() if line.startswith("data: {")
     ][:2] == ["Hello", ","]
+
+
+async def test_a_resumed_structured_stream_checks_the_whole_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last check of structured output reads the whole content: the replayed part too."""
+    engine = FakeEngine(pieces=pieces('{"a": [1, 2]}', 3))
+    settings = NodeSettings(home=tmp_path, request_timeout=30)
+    body = {
+        "messages": CHAT,
+        "stream": True,
+        "response_format": {"type": "json_object"},
+        "llamanet": resume([101, 102]),
+    }
+    async with serving(settings, engine) as http:
+        node: LlamaNetNode = http._transport.app.state.node  # type: ignore[attr-defined]
+        node.fingerprint = FINGERPRINT
+        chunks = payloads(await http.post("/v1/chat/completions", json=body))
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == "[1, 2]}" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert "does not validate" not in caplog.text

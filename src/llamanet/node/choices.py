@@ -10,7 +10,9 @@ Log-probabilities travel with the text they belong to: a piece's logprobs wait f
 event of their choice (the parser may hold text back, or turn it into a call) and what is left
 goes with the choice's end. Token ids travel the same way (`ChoiceText.token_ids`: the ids of
 the pieces since the previous text event of the choice), so the ids a stream delivered always
-spell the text it delivered (what a resumption on another node continues from). Every format
+spell the text it delivered (what a resumption on another node continues from). A resumed
+stream gets the resumed tokens' pieces back from the engine first (`Piece.replayed`): they are
+not sent again, their text only begins the choice's whole content. Every format
 (chat and completion chunks, native chunks, Responses events) and the whole-answer path
 (`collect`) read the same events, so a streamed answer and a whole one cannot disagree.
 """
@@ -90,6 +92,7 @@ class _State:
     parser: ToolCallParser | None
     pending: list[TokenLogprob] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
+    replayed: str = ""  # a resumed stream's text from the first node (the whole content's start)
 
     def take(self) -> tuple[TokenLogprob, ...]:
         out, self.pending = tuple(self.pending), []
@@ -178,6 +181,9 @@ async def choice_events(
         async for index, item in items:
             state = states[index]
             if isinstance(item, Piece):
+                if item.replayed:  # delivered by the node the stream began on: not sent again
+                    state.replayed += item.text
+                    continue
                 state.pending.extend(item.logprobs)
                 state.pending_ids.extend(item.token_ids)
                 if state.parser is not None:
@@ -194,7 +200,7 @@ async def choice_events(
             finish = item.finish_reason
             if calls and finish == "stop":
                 finish = "tool_calls"
-            content = parser.content if parser is not None else item.text
+            content = parser.content if parser is not None else state.replayed + item.text
             end = ChoiceEnd(index, finish, item, content, list(calls), state.take())
             _check(work, end)
             yield end
