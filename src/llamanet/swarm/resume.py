@@ -13,6 +13,14 @@ the stream id, and counts every token in its usage; the transcript names every n
 served the stream in the finish chunk (`"llamanet": {"nodes": [...]}`) once it took more than
 one.
 
+A stream parsed into tool calls resumes too. The ids alone do not say what its client has: the
+text of one token can become several chunks (a call's start, then its first argument
+fragment) and the stream can break between them. So the transcript also counts the chunks that
+carried `llamanet_token_ids` (the text and tool-call chunks: `deltas`); the resuming node parses
+the delivered tokens again and sends none of the first `deltas` chunks. A call's id (`call_...`)
+travels only in its first chunk: a call the client saw begin keeps the id it saw (the resuming
+node never announces it again), one begun after the junction gets its id from that node.
+
 Pure logic (no I/O): the gateway relays through it, `LlamaNetClient` uses `resume_body`.
 """
 
@@ -80,15 +88,18 @@ def resume_body(
     stream_id: str | None = None,
     created: int | None = None,
     index: int = 0,
+    deltas: int | None = None,
 ) -> dict[str, Any]:
     """The request that continues a stream on another node: `body` as first sent (sampling
     parameters, seed and `max_tokens`, which counts the resumed tokens too) plus the resume
-    point."""
+    point (`deltas`, what a tool-call stream needs too: see the module docstring)."""
     out = copy.deepcopy(dict(body))
     control = out.get(CONTROL_FIELD)
     control = dict(control) if isinstance(control, Mapping) else {}
     control["token_ids"] = True
     resume: dict[str, Any] = {"token_ids": list(token_ids), "index": index}
+    if deltas is not None:
+        resume["deltas"] = deltas
     if fingerprint is not None:
         resume["fingerprint"] = fingerprint
     if stream_id is not None:
@@ -114,6 +125,7 @@ class StreamTranscript:
     stream_id: str | None = None
     created: int | None = None
     next_index: int = 0
+    deltas: int = 0  # text and tool-call chunks relayed (those that carry token ids)
     finished: bool = False  # the finish chunk went through
     done: bool = False  # `[DONE]` went through
     nodes: list[str] = field(default_factory=list)  # every node that served it, in order
@@ -152,11 +164,11 @@ class StreamTranscript:
             if kind not in _CALLER_ERRORS and not self.whole:
                 raise UpstreamError(payload)
             return event
-        changed = False
         ids = payload.pop(TOKEN_IDS_FIELD, None) if self.strip else payload.get(TOKEN_IDS_FIELD)
         changed = self.strip and ids is not None
         if isinstance(ids, list):
             self.token_ids.extend(int(i) for i in ids)
+            self.deltas += 1
         if self.native:
             index = payload.get("index")
             if isinstance(index, int):
