@@ -51,8 +51,7 @@ _CALLER_ERRORS: Final = frozenset(
 
 def can_resume(path: str, body: Mapping[str, Any]) -> bool:
     """Whether a request to `path` is a stream this module can resume: one choice of a chat,
-    completion or native stream, without tool parsing (a resumed tool-call stream would parse
-    only its continuation) and not itself a resumption."""
+    completion or native stream (tool calls included), not itself a resumption."""
     if path.endswith("/generate/stream") or path.endswith("/chat/completions/stream"):
         streaming = True
     elif path.endswith("/chat/completions") or path.endswith("/completions"):
@@ -63,8 +62,6 @@ def can_resume(path: str, body: Mapping[str, Any]) -> bool:
     if isinstance(control, Mapping) and control.get("resume") is not None:
         return False
     if body.get("n") not in (None, 1) or body.get("best_of") not in (None, 1):
-        return False
-    if body.get("tools") and body.get("tool_choice") != "none":
         return False
     return streaming
 
