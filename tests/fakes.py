@@ -56,6 +56,8 @@ class FakeEngine:
     With `params.logprobs = k` each piece carries a scripted `TokenLogprob` (logprob -0.25 per
     position, k alternatives `alt0..`), and the result all of them. `tokenized` records what
     was tokenized (the rendered chat or the prompt).
+    A resumed job (`resume_tokens`) first yields the pieces of its resumed tokens as
+    `replayed` pieces (the script's first ones, whatever the ids say), then the rest.
     `delay` seconds pass before each piece; `fail_after=k` raises `GenerationFailed` after k
     pieces; while `hold` is set-able and unset, a started request waits on it (a busy slot);
     `queue_full=True` refuses every request with `QueueFull(retry_after)`. Prompts tokenize to
@@ -129,7 +131,7 @@ class FakeEngine:
             self.stats.requests_rejected += 1
             raise QueueFull(self.retry_after())
         self.submitted.append((list(prompt_tokens), params))
-        resume = list(resume_tokens)  # a resumed job skips the pieces already generated
+        resume = list(resume_tokens)  # the pieces of these ids are replayed, not generated
         loop = asyncio.get_running_loop()
         job = Job(list(prompt_tokens), max_tokens, params, loop, resume=resume)
         self.stats.queued += 1
@@ -174,7 +176,9 @@ class FakeEngine:
             script = list(pieces)[: job.max_tokens]
             k = job.params.logprobs
             logprobs: list[TokenLogprob] = []
-            n = len(job.resume)  # a resumed job skips the pieces already generated
+            n = len(job.resume)  # a resumed job replays the pieces already generated
+            for i, text in enumerate(script[:n], start=1):
+                yield Piece(text, (100 + i,), replayed=True)
             for text in script[n:]:
                 if self.fail_after is not None and n >= self.fail_after:
                     outcome = "failed"
@@ -188,7 +192,7 @@ class FakeEngine:
             cut = len(pieces) > job.max_tokens
             outcome = "completed"
             yield GenerationResult(
-                text="".join(script),
+                text="".join(script[len(job.resume) :]),  # as the engine: not the resumed
                 finish_reason="length" if cut else self.finish_reason,
                 prompt_tokens=len(job.prompt_tokens),
                 completion_tokens=n,

@@ -57,12 +57,13 @@ def record(
     issued_at: float | None = None,
     active: int = 0,
     url: str | None = None,
+    fingerprint: str | None = None,
 ) -> NodeRecord:
     """A properly signed record of fake node `name`."""
     return sign_record(
         identity(name),
         url=url or f"http://{name}.test",
-        models=[ModelInfo(id=model, n_ctx=n_ctx)],
+        models=[ModelInfo(id=model, n_ctx=n_ctx, fingerprint=fingerprint)],
         active=active,
         tokens_per_second=10.0,
         version="test",
@@ -628,6 +629,41 @@ async def test_stream_error_event_after_tokens_is_an_interruption() -> None:
     assert info.value.node_id == nid("a") and info.value.tokens_received == 2
     assert info.value.error is not None and info.value.error.error.code == "generation_failed"
     assert swarm.served() == ["a"]  # never resent elsewhere after tokens went out
+
+
+async def test_a_tool_call_stream_resumes_with_the_count_of_its_chunks() -> None:
+    """One token's text became two chunks (a call's start, its first argument fragment): the
+    resumption says how many text and call chunks went through, besides their token ids."""
+    swarm = FakeSwarm(record("a", fingerprint="f00d"), record("b", fingerprint="f00d"))
+    start = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f"}}
+    head = sse_body(
+        {**chunk("a", 0, ""), "tool_calls": [start], "llamanet_token_ids": [7, 8]},
+        {**chunk("a", 1, ""), "tool_calls": [{"index": 0, "function": {"arguments": '{"x'}}]}
+        | {"llamanet_token_ids": []},
+        done=False,
+    )
+    swarm.on("a", stream_of(BrokenStream(head)))
+    rest = {"index": 0, "function": {"arguments": '": 1}'}}
+    swarm.on(
+        "b",
+        stream_of(
+            sse_body(
+                {**chunk("b", 2, ""), "tool_calls": [rest], "llamanet_token_ids": [9]},
+                {**finished_chunk("b", 3), "finish_reason": "tool_calls"},
+            )
+        ),
+    )
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    async with client_for(swarm) as client:
+        first_choice(client, swarm, "a")
+        chunks = await collect(client.chat_stream([{"role": "user", "content": "hi"}], tools=tools))
+    resume = json.loads(swarm.requests[-1].content)["llamanet"]["resume"]
+    assert resume["token_ids"] == [7, 8] and resume["deltas"] == 2 and resume["index"] == 2
+    assert resume["fingerprint"] == "f00d"
+    calls = [call for c in chunks for call in c.tool_calls or []]
+    assert [call.id for call in calls if call.id] == ["call_1"]
+    assert "".join(c.function.arguments or "" for c in calls if c.function) == '{"x": 1}'
+    assert [c.finish_reason for c in chunks if c.finished] == ["tool_calls"]
 
 
 async def test_connection_lost_mid_stream_is_an_interruption() -> None:

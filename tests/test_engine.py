@@ -50,10 +50,12 @@ PROMPTS = [
 
 @dataclass
 class Streamed:
-    """What a consumer saw: every piece, then the result."""
+    """What a consumer saw: every piece generated (`replayed`: those of resumed tokens, apart),
+    then the result."""
 
     pieces: list[Piece] = field(default_factory=list)
     result: GenerationResult | None = None
+    replayed: list[Piece] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -76,6 +78,10 @@ async def consume(
             if isinstance(item, GenerationResult):
                 seen.result = item
                 break
+            if item.replayed:
+                assert not seen.pieces, "a replayed piece after a generated one"
+                seen.replayed.append(item)
+                continue
             seen.pieces.append(item)
             if started is not None:
                 started.set()
@@ -449,6 +455,9 @@ async def test_resume_continues_exactly(engine: LlamaEngine) -> None:
     assert r.completion_tokens == 60 and r.token_ids == ids
     assert r.prompt_tokens == len(tokens)
     assert resumed.token_ids == ids[25:]  # the resumed tokens are not sent again
+    replayed = resumed.replayed  # but replayed, with the text the first node released
+    assert [t for p in replayed for t in p.token_ids] == ids[:25]
+    assert "".join(p.text for p in replayed) + r.text == full.result.text
     assert r.finish_reason == "length"
 
 
@@ -484,6 +493,7 @@ async def test_resume_with_a_stop_sequence(engine: LlamaEngine) -> None:
         r = resumed.result
         assert r is not None
         assert sent_before + r.text == full.result.text, (n, sent_before, r.text)
+        assert "".join(p.text for p in resumed.replayed) == sent_before  # held back: not in it
         assert r.token_ids == full.result.token_ids and r.finish_reason == "stop"
         assert r.completion_tokens == full.result.completion_tokens
 

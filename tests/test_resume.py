@@ -143,7 +143,9 @@ def chat_run(
                 roles += 1
             pieces = [choice.delta.content] if choice.delta.content else []
             for call in choice.delta.tool_calls or []:
-                got = calls.setdefault(call.index, {"name": "", "arguments": ""})
+                got = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                if call.id:
+                    got["id"] += call.id  # announced once: one id, not two run together
                 if call.function and call.function.name:
                     got["name"] += call.function.name
                 if call.function and call.function.arguments:
@@ -215,6 +217,78 @@ def test_kill_mid_json_schema_stream_resumes_inside_the_object(swarm: Swarm) -> 
     person = json.loads(seen["text"])
     assert set(person) == set(PERSON["required"]) and isinstance(person["age"], int)
     assert len(person["hobbies"]) >= 3 and seen["finishes"] == ["stop"]
+    swarm.replace(seen["serving"])
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather forecast of a city for the coming days.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 24},
+                "days": {"type": "integer"},
+                "notes": {"type": "string", "maxLength": 80},
+            },
+            "required": ["city", "days", "notes"],
+        },
+    },
+}
+
+
+def test_kill_mid_tool_call_stream_resumes_the_arguments(swarm: Swarm) -> None:
+    """Cut inside a forced call's arguments: the new node parses the delivered tokens again and
+    sends only what the client lacks, so the calls are the uninterrupted ones, each announced
+    once with its id, and the stream finishes once with tool_calls."""
+    request = {
+        "messages": [{"role": "user", "content": "What will the weather be in Lisbon?"}],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "required",
+        "max_tokens": 160,
+    }
+    reference = swarm.sdk().chat.completions.create(model="alpha", temperature=0, **request)
+    ref_calls = reference.choices[0].message.tool_calls or []
+    assert reference.choices[0].finish_reason == "tool_calls" and len(ref_calls) >= 1
+    arguments = "".join(c.function.arguments for c in ref_calls)
+    assert len(arguments) > 40, arguments  # long enough to be cut inside the arguments
+    seen = chat_run(swarm, lambda node: node.proc.kill(), cut_after=8, **request)
+    assert len(seen["nodes"]) == 2, seen  # it was resumed, not answered by one node
+    assert seen["finishes"] == ["tool_calls"]
+    assert [c["name"] for c in seen["calls"]] == [c.function.name for c in ref_calls]
+    assert [c["arguments"] for c in seen["calls"]] == [c.function.arguments for c in ref_calls]
+    for call in seen["calls"]:
+        assert {"city", "days", "notes"} <= set(json.loads(call["arguments"]))
+        assert re.fullmatch(r"call_[0-9a-f]{24}", call["id"]), call
+    assert len({c["id"] for c in seen["calls"]}) == len(seen["calls"])
+    assert len(seen["ids"]) == 1 and seen["roles"] == 1
+    swarm.replace(seen["serving"])
+
+
+def test_kill_mid_auto_tool_stream_resumes_the_same_answer(swarm: Swarm) -> None:
+    """With tool_choice auto the model may call the tool or answer in text (the generic
+    envelope's response string, decoded as it streams): either way the resumed stream is the
+    uninterrupted answer."""
+    request = {
+        "messages": [{"role": "user", "content": "What will the weather be in Lisbon?"}],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "auto",
+        "max_tokens": 160,
+    }
+    reference = swarm.sdk().chat.completions.create(model="alpha", temperature=0, **request)
+    message = reference.choices[0].message
+    ref_calls = message.tool_calls or []
+    written = (message.content or "") + "".join(c.function.arguments for c in ref_calls)
+    assert len(written) > 40, reference  # long enough to be cut inside
+    seen = chat_run(swarm, lambda node: node.proc.kill(), cut_after=8, **request)
+    assert len(seen["nodes"]) == 2, seen
+    assert seen["finishes"] == [reference.choices[0].finish_reason]
+    assert [(c["name"], c["arguments"]) for c in seen["calls"]] == [
+        (c.function.name, c.function.arguments) for c in ref_calls
+    ]
+    if not ref_calls:  # the default model answers this one in text: `seen` has only content
+        assert seen["text"] == message.content
     swarm.replace(seen["serving"])
 
 

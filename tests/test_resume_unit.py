@@ -74,6 +74,33 @@ def test_resume_body_and_what_can_resume() -> None:
     assert not can_resume("/v1/chat/completions", {**body, "n": 2})
     assert not can_resume("/v1/chat/completions", out)  # a resumption is not resumed again
     assert can_resume("/generate/stream", {"prompt": "x"})
+    tools = {**body, "tools": [{"type": "function", "function": {"name": "f"}}]}
+    assert can_resume("/v1/chat/completions", {**tools, "tool_choice": "required"})
+    assert resume_body(tools, [5], fingerprint=None, deltas=3)["llamanet"]["resume"]["deltas"] == 3
+
+
+def test_transcript_counts_the_text_and_call_chunks() -> None:
+    """What a tool-call stream's resumption needs besides the ids: how many chunks of text or
+    calls went through (one token's text can be several), counted by their token-ids field."""
+    t = StreamTranscript(strip=True)
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f"}}
+    role = {"id": "chatcmpl-x", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+    events = [
+        role,
+        {"choices": [{"index": 0, "delta": {"tool_calls": [call]}}], "llamanet_token_ids": [4]},
+        {
+            "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0}]}}],
+            "llamanet_token_ids": [],
+        },
+    ]
+    for event in events:
+        out = t.relay(b"data: " + json.dumps(event).encode() + b"\n\n")
+        assert out is not None and b"llamanet_token_ids" not in out
+    assert (t.deltas, t.token_ids) == (2, [4])
+    native = StreamTranscript(strip=False, native=True)
+    native.relay(b'data: {"text": "a", "index": 0, "llamanet_token_ids": [1]}\n\n')
+    native.relay(b'data: {"text": "", "index": 1, "finished": true}\n\n')
+    assert (native.deltas, native.next_index, native.whole) == (1, 2, True)
 
 
 class Breaks(httpx.AsyncByteStream):

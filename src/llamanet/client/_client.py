@@ -10,9 +10,9 @@ A node gets `first_byte_timeout` seconds to start its answer; past that, a liven
 decides between a busy node (keep waiting, up to `timeout`) and a frozen one (next node). A
 stream that breaks, ends early or stalls (nothing, the nodes' keep-alives included, for
 `stall_timeout` seconds) after tokens were delivered is resumed on a node with the same model
-fingerprint, from the token ids the chunks carried (`llamanet.swarm.resume`): the caller sees
-one stream. Only when no node can take over does it raise `StreamInterrupted`: never a silently
-short answer.
+fingerprint, from the token ids the chunks carried (`llamanet.swarm.resume`; a tool-call stream
+also from the count of its text and call chunks): the caller sees one stream. Only when no node
+can take over does it raise `StreamInterrupted`: never a silently short answer.
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ class _Delivered:
     chunks: int = 0
     token_ids: list[int] = field(default_factory=list)
     next_index: int = 0
+    deltas: int = 0  # text and tool-call chunks (those that carried token ids)
     nodes: list[NodeRecord] = field(default_factory=list)
 
 
@@ -538,6 +539,7 @@ class LlamaNetClient:
             got.token_ids,
             fingerprint=identity[0] if identity else None,
             index=got.next_index,
+            deltas=got.deltas,
         )
 
     @staticmethod
@@ -585,7 +587,9 @@ class LlamaNetClient:
                     state.complete = True  # the answer is whole even if [DONE] never comes
                 state.delivered += 1
                 got.chunks += 1
-                got.token_ids.extend(ids)
+                if ids is not None:
+                    got.token_ids.extend(ids)
+                    got.deltas += 1
                 got.next_index = chunk.index + 1
                 yield chunk
         finally:
@@ -603,8 +607,9 @@ def _stream_failure(exc: Exception, node_id: str, url: str, state: _StreamState)
     return NodeUnreachable(node_id, url, exc)
 
 
-def _parse_chunk(data: str, node_id: str, url: str) -> tuple[StreamingChunk, list[int]]:
-    """The chunk and the token ids it carried (the internal field, not part of the chunk)."""
+def _parse_chunk(data: str, node_id: str, url: str) -> tuple[StreamingChunk, list[int] | None]:
+    """The chunk and the token ids it carried (the internal field, not part of the chunk; None
+    for a chunk without the field: not a text or tool-call chunk)."""
     try:
         payload = json.loads(data)
     except ValueError as exc:
@@ -615,6 +620,6 @@ def _parse_chunk(data: str, node_id: str, url: str) -> tuple[StreamingChunk, lis
     ids = payload.pop(TOKEN_IDS_FIELD, None) if isinstance(payload, dict) else None
     try:
         chunk = StreamingChunk.model_validate(payload)
-        return chunk, [int(i) for i in ids] if isinstance(ids, list) else []
+        return chunk, [int(i) for i in ids] if isinstance(ids, list) else None
     except (ValidationError, TypeError, ValueError) as exc:
         raise MalformedAnswer(f"not a StreamingChunk: {data[:100]!r}") from exc

@@ -8,11 +8,25 @@ pieces), and a choice that called a tool ends with `finish_reason` `"tool_calls"
 
 Log-probabilities travel with the text they belong to: a piece's logprobs wait for the next text
 event of their choice (the parser may hold text back, or turn it into a call) and what is left
-goes with the choice's end. Token ids travel the same way (`ChoiceText.token_ids`: the ids of
-the pieces since the previous text event of the choice), so the ids a stream delivered always
-spell the text it delivered (what a resumption on another node continues from). Every format
-(chat and completion chunks, native chunks, Responses events) and the whole-answer path
-(`collect`) read the same events, so a streamed answer and a whole one cannot disagree.
+goes with the choice's end. Token ids travel the same way (`ChoiceText.token_ids`,
+`ChoiceCall.token_ids`: the ids of the pieces since the previous text or call event of the
+choice, on the first event a piece's text produced), so the ids a stream delivered always cover
+what it delivered (what a resumption on another node continues from).
+
+A resumed stream (`resume`, one job) gets the resumed tokens' pieces back from the engine first
+(`Piece.replayed`, with the text the first node released). Without tool parsing they are not
+sent (their text only begins the choice's whole content). With it, they go through the parser
+exactly as on the first node (same pieces, so the same events), and so does everything after:
+the first `resume.deltas` text and call events are the ones the client already has and are not
+sent again (None: those the replayed pieces produce), and a choice with calls before the
+junction still ends with `"tool_calls"`. Counting events rather than tokens matters: one piece
+can produce several events (a call's start and its first argument fragment), and a stream can
+break between them. A call's id (random) is in its first event only: the client keeps the ids
+it saw (the replay's own ids for those calls are never sent), and a call begun after the
+junction gets one here.
+
+Every format (chat and completion chunks, native chunks, Responses events) and the whole-answer
+path (`collect`) read the same events, so a streamed answer and a whole one cannot disagree.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ from llamanet.protocol import (
     ChatChoice,
     ChatCompletion,
     ChatResponseMessage,
+    ResumeFrom,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -64,6 +79,7 @@ class ChoiceText:
 class ChoiceCall:
     index: int
     delta: ToolCallDelta
+    token_ids: tuple[int, ...] = ()  # generated since the previous text or call event
 
 
 @dataclass(frozen=True)
@@ -90,15 +106,35 @@ class _State:
     parser: ToolCallParser | None
     pending: list[TokenLogprob] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
+    # a resumed parsing stream: how many of its text and call events the client already has
+    # (None: those of the replayed tokens)
+    delivered: int | None = 0
+    replayed: str = ""  # a resumed stream's text from the first node (the whole content's start)
 
     def take(self) -> tuple[TokenLogprob, ...]:
         out, self.pending = tuple(self.pending), []
         return out
 
+    def _ids(self) -> tuple[int, ...]:
+        ids, self.pending_ids = tuple(self.pending_ids), []
+        return ids
+
     def text(self, index: int, text: str) -> ChoiceText:
         """A text event with the logprobs and token ids that waited for it."""
-        ids, self.pending_ids = tuple(self.pending_ids), []
-        return ChoiceText(index, text, self.take(), ids)
+        return ChoiceText(index, text, self.take(), self._ids())
+
+    def call(self, index: int, delta: ToolCallDelta) -> ChoiceCall:
+        """A call event with the token ids that waited for it (logprobs wait for text)."""
+        return ChoiceCall(index, delta, self._ids())
+
+    def sent(self, replayed: bool) -> bool:
+        """Whether the next event of a resumed stream was delivered already (one more)."""
+        if self.delivered is None:
+            return replayed
+        if self.delivered > 0:
+            self.delivered -= 1
+            return True
+        return False
 
 
 async def _closing(items: AsyncIterator[Piece | GenerationResult]) -> None:
@@ -156,28 +192,42 @@ def _check(work: Work, end: ChoiceEnd) -> None:
 
 
 async def choice_events(
-    engine: Engine, jobs: Sequence[Job], work: Work
+    engine: Engine, jobs: Sequence[Job], work: Work, resume: ResumeFrom | None = None
 ) -> AsyncGenerator[ChoiceEvent, None]:
-    """The request's events (see the module docstring); raises what the engine raises."""
+    """The request's events (see the module docstring); raises what the engine raises.
+    `resume`: the one job continues a stream another node began (see the module docstring)."""
     plan = work.tools
     states = [
         _State(ToolCallParser(plan.format, plan.names) if plan and plan.parses_calls else None)
         for _ in jobs
     ]
+    if resume is not None:
+        states[0].delivered = resume.deltas
 
-    def parsed(index: int, events: list[ContentDelta | ToolCallDelta]) -> list[ChoiceEvent]:
+    def parsed(
+        index: int, events: list[ContentDelta | ToolCallDelta], replayed: bool = False
+    ) -> list[ChoiceEvent]:
+        state = states[index]
         out: list[ChoiceEvent] = []
         for event in events:
             if isinstance(event, ContentDelta):
-                out.append(states[index].text(index, event.text))
+                choice: ChoiceEvent = state.text(index, event.text)
             else:
-                out.append(ChoiceCall(index, event))
+                choice = state.call(index, event)
+            if not state.sent(replayed):
+                out.append(choice)
         return out
 
     async with contextlib.aclosing(_merged(engine, jobs)) as items:
         async for index, item in items:
             state = states[index]
             if isinstance(item, Piece):
+                if item.replayed:  # delivered by the node the stream began on
+                    state.replayed += item.text
+                    if state.parser is not None:
+                        for event in parsed(index, state.parser.feed(item.text), True):
+                            yield event
+                    continue
                 state.pending.extend(item.logprobs)
                 state.pending_ids.extend(item.token_ids)
                 if state.parser is not None:
@@ -194,7 +244,7 @@ async def choice_events(
             finish = item.finish_reason
             if calls and finish == "stop":
                 finish = "tool_calls"
-            content = parser.content if parser is not None else item.text
+            content = parser.content if parser is not None else state.replayed + item.text
             end = ChoiceEnd(index, finish, item, content, list(calls), state.take())
             _check(work, end)
             yield end

@@ -2,7 +2,9 @@
 
 `LlamaEngine` (the real model), a batching engine and the tests' `FakeEngine` all fit it without
 inheriting from it, so the node can be handed any of them (`LlamaNetNode(settings, engine=...)`).
-The stream contract: `stream(job)` yields `Piece` objects, then exactly one `GenerationResult`;
+The stream contract: `stream(job)` yields `Piece` objects, then exactly one `GenerationResult`
+(a job submitted with `resume_tokens` first yields those tokens' pieces, `replayed=True`, with
+the text the node that generated them released: never to be sent again);
 `submit` raises `QueueFull` / `ContextLengthExceeded` at once, before any response starts.
 Chat messages are dicts for the Jinja chat template: `role` and `content`, and (history of tool
 calls) an assistant's `tool_calls` and a tool message's `tool_call_id` / `name`. `n_vocab`

@@ -16,7 +16,9 @@ A generation stream is *resumable*: the gateway asks the peer for the token ids 
 off, ends early, or sends nothing, keep-alives included, for `stall_timeout` seconds, it is
 cooled down at once and the same failover policy picks a peer with the same model fingerprint,
 which continues the stream from the ids delivered (same id, no second role chunk, one finish,
-usage counting every token, `[DONE]` once; the finish chunk names the nodes that served it).
+usage counting every token, `[DONE]` once; the finish chunk names the nodes that served it; a
+tool-call stream also says how many of its text and call chunks went through, so its calls go
+on exactly where they were cut).
 Only when none can take over does the stream end with one `data: {"error": ...}` event,
 counted as a 502. A client that goes away closes the upstream connection, so the peer stops
 generating too.
@@ -532,6 +534,7 @@ class _Relay:
                 stream_id=transcript.stream_id,
                 created=transcript.created,
                 index=transcript.next_index,
+                deltas=transcript.deltas,
             ),
             separators=(",", ":"),
         ).encode()

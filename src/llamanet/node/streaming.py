@@ -5,10 +5,12 @@ Each format's fixed JSON (id, created, model) is rendered once per stream; per e
 choice is serialised. Framing goes through FastAPI's `fastapi.sse.format_sse_event`. The
 Responses API has its own event sequence (`llamanet.node.responses`).
 
-For stream resumption (`llamanet.swarm.resume`): asked for (`token_ids`), each text chunk
-carries the token ids generated since the previous one (`llamanet_token_ids`, from
-`ChoiceText.token_ids`: ids of pieces whose text is held back ride on the next text chunk, so
-delivered text and delivered ids always match); a resumed stream (`resume`) keeps the
+For stream resumption (`llamanet.swarm.resume`): asked for (`token_ids`), each text and
+tool-call chunk, and only those, carries the token ids generated since the previous one
+(`llamanet_token_ids`, from `ChoiceText.token_ids` / `ChoiceCall.token_ids`: ids of pieces
+whose text is held back ride on the next such chunk, so delivered text and delivered ids always
+match; the field may be empty, e.g. on the second call event of one piece; a relay counts
+these chunks for a tool-call stream's resumption); a resumed stream (`resume`) keeps the
 id/created (or native index) it was given and sends no role chunk (`start()` sends nothing);
 and while no event comes (queued, long prefill) a keep-alive comment goes out every `keepalive`
 seconds, so a relay can tell a silent stream from a dead node.
@@ -62,7 +64,7 @@ class ChunkFormat:
     token_ids: bool = False
     resumed: bool = False
 
-    def _ids(self, event: ChoiceText) -> dict[str, Any]:
+    def _ids(self, event: ChoiceText | ChoiceCall) -> dict[str, Any]:
         return {TOKEN_IDS_FIELD: list(event.token_ids)} if self.token_ids else {}
 
     def start(self) -> list[bytes]:
@@ -169,7 +171,8 @@ class ChatFormat(_OpenAIFormat):
                 "delta": {"tool_calls": [event.delta.model_dump()]},
                 "logprobs": None,
                 "finish_reason": None,
-            }
+            },
+            self._ids(event),
         )
 
     def end(self, event: ChoiceEnd) -> list[bytes]:
@@ -284,7 +287,8 @@ class NativeFormat(ChunkFormat):
         return self._chunk(event.index, fields)
 
     def call(self, event: ChoiceCall) -> bytes:
-        return self._chunk(event.index, {"tool_calls": [event.delta.model_dump()]})
+        fields = {"tool_calls": [event.delta.model_dump()], **self._ids(event)}
+        return self._chunk(event.index, fields)
 
     def end(self, event: ChoiceEnd) -> list[bytes]:
         result = event.result

@@ -20,13 +20,19 @@ MAX_RESUME_TOKENS = 32768  # no context this engine runs is longer
 
 
 class ResumeFrom(_Lenient):
-    """Where a stream that broke on another node left off (`StreamControl.resume`)."""
+    """Where a stream that broke on another node left off (`StreamControl.resume`).
+
+    `token_ids`: every id the delivered chunks carried, in order. For a stream parsed into tool
+    calls, also `deltas`: how many text and tool-call chunks (those that carry
+    `llamanet_token_ids`) the client got (None: all those of the delivered tokens); the
+    resuming node parses the delivered tokens again and sends none of those chunks."""
 
     token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_RESUME_TOKENS)]
     id: Annotated[str, Field(max_length=128)] | None = None  # the OpenAI stream's id
     created: Annotated[int, Field(ge=0)] | None = None
     index: Annotated[int, Field(ge=0)] = 0  # the native stream's next chunk index
     fingerprint: Annotated[str, Field(max_length=128)] | None = None  # ModelInfo.fingerprint
+    deltas: Annotated[int, Field(ge=0)] | None = None
 
 
 class StreamControl(_Lenient):
@@ -34,7 +40,8 @@ class StreamControl(_Lenient):
     `LlamaNetClient` ask of a node to be able to resume a stream on another one. `token_ids`:
     every streamed chunk carries `llamanet_token_ids`, the ids generated since the previous
     chunk; `resume`: continue that stream (same id, no second role chunk, usage counting every
-    token) from its token ids, on a node whose model has the same fingerprint."""
+    token, tool calls parsed as if never interrupted) from its token ids, on a node whose model
+    has the same fingerprint."""
 
     token_ids: StrictBool = False
     resume: ResumeFrom | None = None

@@ -13,6 +13,14 @@ the stream id, and counts every token in its usage; the transcript names every n
 served the stream in the finish chunk (`"llamanet": {"nodes": [...]}`) once it took more than
 one.
 
+A stream parsed into tool calls resumes too. The ids alone do not say what its client has: the
+text of one token can become several chunks (a call's start, then its first argument
+fragment) and the stream can break between them. So the transcript also counts the chunks that
+carried `llamanet_token_ids` (the text and tool-call chunks: `deltas`); the resuming node parses
+the delivered tokens again and sends none of the first `deltas` chunks. A call's id (`call_...`)
+travels only in its first chunk: a call the client saw begin keeps the id it saw (the resuming
+node never announces it again), one begun after the junction gets its id from that node.
+
 Pure logic (no I/O): the gateway relays through it, `LlamaNetClient` uses `resume_body`.
 """
 
@@ -43,8 +51,7 @@ _CALLER_ERRORS: Final = frozenset(
 
 def can_resume(path: str, body: Mapping[str, Any]) -> bool:
     """Whether a request to `path` is a stream this module can resume: one choice of a chat,
-    completion or native stream, without tool parsing (a resumed tool-call stream would parse
-    only its continuation) and not itself a resumption."""
+    completion or native stream (tool calls included), not itself a resumption."""
     if path.endswith("/generate/stream") or path.endswith("/chat/completions/stream"):
         streaming = True
     elif path.endswith("/chat/completions") or path.endswith("/completions"):
@@ -55,8 +62,6 @@ def can_resume(path: str, body: Mapping[str, Any]) -> bool:
     if isinstance(control, Mapping) and control.get("resume") is not None:
         return False
     if body.get("n") not in (None, 1) or body.get("best_of") not in (None, 1):
-        return False
-    if body.get("tools") and body.get("tool_choice") != "none":
         return False
     return streaming
 
@@ -80,15 +85,18 @@ def resume_body(
     stream_id: str | None = None,
     created: int | None = None,
     index: int = 0,
+    deltas: int | None = None,
 ) -> dict[str, Any]:
     """The request that continues a stream on another node: `body` as first sent (sampling
     parameters, seed and `max_tokens`, which counts the resumed tokens too) plus the resume
-    point."""
+    point (`deltas`, what a tool-call stream needs too: see the module docstring)."""
     out = copy.deepcopy(dict(body))
     control = out.get(CONTROL_FIELD)
     control = dict(control) if isinstance(control, Mapping) else {}
     control["token_ids"] = True
     resume: dict[str, Any] = {"token_ids": list(token_ids), "index": index}
+    if deltas is not None:
+        resume["deltas"] = deltas
     if fingerprint is not None:
         resume["fingerprint"] = fingerprint
     if stream_id is not None:
@@ -114,6 +122,7 @@ class StreamTranscript:
     stream_id: str | None = None
     created: int | None = None
     next_index: int = 0
+    deltas: int = 0  # text and tool-call chunks relayed (those that carry token ids)
     finished: bool = False  # the finish chunk went through
     done: bool = False  # `[DONE]` went through
     nodes: list[str] = field(default_factory=list)  # every node that served it, in order
@@ -152,11 +161,11 @@ class StreamTranscript:
             if kind not in _CALLER_ERRORS and not self.whole:
                 raise UpstreamError(payload)
             return event
-        changed = False
         ids = payload.pop(TOKEN_IDS_FIELD, None) if self.strip else payload.get(TOKEN_IDS_FIELD)
         changed = self.strip and ids is not None
         if isinstance(ids, list):
             self.token_ids.extend(int(i) for i in ids)
+            self.deltas += 1
         if self.native:
             index = payload.get("index")
             if isinstance(index, int):

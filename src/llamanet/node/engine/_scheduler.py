@@ -12,7 +12,8 @@ tokens, so a sequence's numbers would depend on the company it had. Kept apart (
 stream per slot, see `_engine.py`), every generated token is evaluated alone in its sequence and
 every prompt token among its own prompt's tokens: a temperature-0 answer is the same alone, in
 a full batch, after a prefix-cache hit, and on another node resuming it. Resumed tokens
-(`resume_tokens`) go in one per step, as they were generated, for the same reason.
+(`resume_tokens`) go in one per step, as they were generated, for the same reason; the job
+first yields them as `replayed` pieces, with the text the first node released for each.
 
 The stall a long prompt can cause: while other sequences generate, at most `prefill_chunk`
 prompt tokens are evaluated per step, so a running stream waits at most one such chunk per
@@ -195,9 +196,18 @@ class Scheduler:
         seq = _Sequence(job=job, slot=slot, sampler=sampler, reused=reuse)
         seq.stops = StopMatcher(params.stop)
         stopped = False
+        replayed: list[Piece] = []
         if job.resume:  # and the stop matcher, the text and the tokens to replay
+            ids: list[int] = []
             for token in job.resume:  # the stream was cut after its stop sequence's tokens
-                stopped = seq.stops.feed(seq.decoder.decode(self.piece(token)))[1] or stopped
+                text, hit = seq.stops.feed(seq.decoder.decode(self.piece(token)))
+                ids.append(token)
+                if text and not stopped:  # the text the first node released for this token
+                    replayed.append(Piece(text, tuple(ids), replayed=True))
+                    ids = []
+                stopped = hit or stopped
+            if ids:
+                replayed.append(Piece("", tuple(ids), replayed=True))
             seq.generated = list(job.resume)
             seq.sent = len(job.resume)
             seq.replay = list(job.prompt_tokens[prompt_end:])
@@ -205,6 +215,8 @@ class Scheduler:
                 seq.next_token = seq.replay.pop(0)
         self.running.append(seq)
         job.report_started(reuse, len(job.prompt_tokens) - reuse)
+        for piece in replayed:  # before anything generated here
+            job.emit(piece)
         if stopped:
             self._complete(seq, "stop")
         elif len(seq.generated) >= job.max_tokens:

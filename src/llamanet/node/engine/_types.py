@@ -88,11 +88,18 @@ class Piece:
     """A stretch of generated output: the text now safe to send and the tokens generated since
     the previous piece. `token_ids` may cover text still held back (a possible stop sequence or
     an incomplete UTF-8 character); replaying the same ids reproduces the same held-back state,
-    which is what lets another node resume a stream exactly."""
+    which is what lets another node resume a stream exactly.
+
+    `replayed`: a piece of the resumed tokens (`resume_tokens`), which another node generated
+    and already sent. A resumed job yields them first, one per token that released text, with
+    the text that node released for it (held-back text included where it was released), so a
+    consumer can bring its own state (a tool-call parser) to where that node's was; they are
+    not to be sent again. Their `logprobs` are empty."""
 
     text: str
     token_ids: tuple[int, ...] = ()
     logprobs: tuple[TokenLogprob, ...] = ()
+    replayed: bool = False
 
 
 @dataclass

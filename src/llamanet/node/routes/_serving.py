@@ -9,9 +9,10 @@ stream. `stream` and `run` consume the choice events (`llamanet.node.choices`).
 
 A request may carry the internal `llamanet` field (`protocol.StreamControl`): token ids in the
 streamed chunks, or the resumption of a stream another node began (`llamanet.swarm.resume`).
-A resumption is for one choice without tool calls (what the resumer resumes); it is served here
-or refused (409 `fingerprint_mismatch` when this node's model is not the one that began it),
-never forwarded: the resumer chose this node for its fingerprint.
+A resumption is for one choice (what the resumer resumes), tool calls included (the delivered
+tokens are parsed again, `llamanet.node.choices`); it is served here or refused (409
+`fingerprint_mismatch` when this node's model is not the one that began it), never forwarded:
+the resumer chose this node for its fingerprint.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def wants_token_ids(control: StreamControl) -> bool:
 
 def stream_control(req: SamplingFields, streaming: bool) -> StreamControl:
     """The request's internal `llamanet` field. A resumption continues one stream of one
-    choice without tool calls (a resumed tool-call stream would parse only its continuation)."""
+    choice."""
     control = req.llamanet or StreamControl()
     if control.resume is None:
         return control
@@ -198,13 +199,6 @@ def stream_control(req: SamplingFields, streaming: bool) -> StreamControl:
             param="n",
             code="unsupported_combination",
         )
-    if isinstance(req, ChoiceFields) and req.tools and req.tool_choice_mode() != "none":
-        raise APIError(
-            400,
-            "llamanet.resume cannot continue a stream that may call tools.",
-            param="tools",
-            code="unsupported_combination",
-        )
     return control
 
 
@@ -214,7 +208,7 @@ def start(
     """Admits `work` (raising before any response starts) and returns its choice events;
     `resume`: the work continues from the token ids another node generated."""
     jobs = submit(engine, work, resume_tokens=resume.token_ids if resume is not None else ())
-    return choice_events(engine, jobs, work)
+    return choice_events(engine, jobs, work, resume)
 
 
 def _record(request: Request) -> Callable[[ChoiceEnd], None]:
