@@ -14,6 +14,7 @@ middleware, no sockets.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -49,23 +50,32 @@ BOS = 1
 class FakeEngine:
     """A scripted engine for in-process tests (see the module docstring).
 
-    Every request yields `pieces` in order (one token each, cut at `max_tokens`; stop sequences,
-    grammars and logit biases are not applied: `submitted` records the parameters so tests can
-    assert what reached the engine), then a `GenerationResult` with `finish_reason` (`"length"`
-    when cut). `submit_n` forks n jobs; fork i answers `variants[i]` when variants are given.
-    With `params.logprobs = k` each piece carries a scripted `TokenLogprob` (logprob -0.25 per
-    position, k alternatives `alt0..`), and the result all of them. `tokenized` records what
-    was tokenized (the rendered chat or the prompt).
-    A resumed job (`resume_tokens`) first yields the pieces of its resumed tokens as
-    `replayed` pieces (the script's first ones, whatever the ids say), then the rest.
+    Every request generates `pieces` in order (one token each, id 101, 102, ..., cut at
+    `max_tokens`; stop sequences, grammars and logit biases are not applied: `submitted` records
+    the parameters so tests can assert what reached the engine), then a `GenerationResult` with
+    `finish_reason` (`"length"` when cut). A token is the text it releases (`""`: its text is
+    held back) or its bytes; either way it goes through an incremental UTF-8 decoder, so a
+    character split across tokens comes out with the token that completes it. As the real engine
+    (`_scheduler.py`), a token that releases nothing yields no piece (its id rides on the next
+    one), and the end of the generation releases `tail` (text a stop matcher held back that was
+    no stop sequence after all) and U+FFFD for a character the decoder still held, in a last
+    piece with the ids not sent yet (none, often). `submit_n` forks n jobs; fork i answers
+    `variants[i]` when variants are given. With `params.logprobs = k` each token's piece carries
+    a scripted `TokenLogprob` (logprob -0.25 per position, k alternatives `alt0..`), and the
+    result all of them. `tokenized` records what was tokenized (the rendered chat or the
+    prompt). A resumed job (`resume_tokens`) first replays its resumed tokens (the script's
+    first ones, whatever the ids say) as the real engine's `_start` does: one `replayed` piece
+    per token that released text, with that text and the ids since the previous one, then one
+    without text for the ids left (their text still held back); the rest is generated as above.
     `delay` seconds pass before each piece; `fail_after=k` raises `GenerationFailed` after k
     pieces; while `hold` is set-able and unset, a started request waits on it (a busy slot);
     `queue_full=True` refuses every request with `QueueFull(retry_after)`. Prompts tokenize to
     one token per whitespace-separated word plus a BOS token.
     """
 
-    pieces: Sequence[str] = ("Hello", ",", " world", "!")
-    variants: Sequence[Sequence[str]] = ()
+    pieces: Sequence[str | bytes] = ("Hello", ",", " world", "!")
+    variants: Sequence[Sequence[str | bytes]] = ()
+    tail: str = ""
     model_id: str = "fake-model"
     n_ctx: int = 1024
     n_vocab: int = 1000
@@ -86,7 +96,7 @@ class FakeEngine:
     tokenized: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)  # set once a request starts
     closed: bool = False
-    _scripts: dict[int, Sequence[str]] = field(default_factory=dict)
+    _scripts: dict[int, Sequence[str | bytes]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ public state
 
@@ -173,26 +183,43 @@ class FakeEngine:
                 await self.hold.wait()
             started = time.perf_counter()
             pieces = self._scripts.pop(id(job), self.pieces)
-            script = list(pieces)[: job.max_tokens]
+            script = [p.encode() if isinstance(p, str) else p for p in pieces][: job.max_tokens]
             k = job.params.logprobs
             logprobs: list[TokenLogprob] = []
-            n = len(job.resume)  # a resumed job replays the pieces already generated
-            for i, text in enumerate(script[:n], start=1):
-                yield Piece(text, (100 + i,), replayed=True)
-            for text in script[n:]:
+            texts: list[str] = []  # released here (not the replayed ones)
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            n = len(job.resume)  # a resumed job replays the tokens already generated
+            sent = 0  # ids 101..100+sent went out in pieces
+            for i, token in enumerate(script[:n], start=1):
+                text = decoder.decode(token)
+                if text:  # the text the first node released for this token
+                    yield Piece(text, _ids(sent, i), replayed=True)
+                    sent = i
+            if sent < n:
+                yield Piece("", _ids(sent, n), replayed=True)
+                sent = n
+            for token in script[n:]:
                 if self.fail_after is not None and n >= self.fail_after:
                     outcome = "failed"
                     raise GenerationFailed("generation failed: the fake engine was told to fail")
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 n += 1
+                text = decoder.decode(token)
                 piece_logprobs = () if k is None else (self._logprob(text, n, k),)
                 logprobs.extend(piece_logprobs)
-                yield Piece(text, (100 + n,), piece_logprobs)
+                if text or piece_logprobs:
+                    texts.append(text)
+                    yield Piece(text, _ids(sent, n), piece_logprobs)
+                    sent = n
+            tail = self.tail + decoder.decode(b"", final=True)
+            if tail or sent < n:  # the engine's `_complete`
+                texts.append(tail)
+                yield Piece(tail, _ids(sent, n))
             cut = len(pieces) > job.max_tokens
             outcome = "completed"
             yield GenerationResult(
-                text="".join(script[len(job.resume) :]),  # as the engine: not the resumed
+                text="".join(texts),  # as the engine: not the resumed
                 finish_reason="length" if cut else self.finish_reason,
                 prompt_tokens=len(job.prompt_tokens),
                 completion_tokens=n,
@@ -200,7 +227,7 @@ class FakeEngine:
                 tokens_per_second=42.0,
                 queue_ms=0.0,
                 duration_s=time.perf_counter() - started,
-                token_ids=[100 + i for i in range(1, n + 1)],
+                token_ids=list(_ids(0, n)),
                 logprobs=logprobs,
             )
         finally:
@@ -227,6 +254,11 @@ class FakeEngine:
 
     async def close(self) -> None:
         self.closed = True
+
+
+def _ids(after: int, upto: int) -> tuple[int, ...]:
+    """The ids of the script's tokens after the first `after`, up to the `upto`th."""
+    return tuple(range(101 + after, 101 + upto))
 
 
 @asynccontextmanager

@@ -1,15 +1,19 @@
 """What a node's stream routes do for resumption (fast tier, `FakeEngine` in process): token ids
 in the choice-event chunk formats, a resumed stream's id and missing role chunk, keep-alives,
 the refusals (fingerprint mismatch 409, `n` > 1 400, no resumption without a stream), and
-tool-call streams cut after every one of their chunks and resumed from what a relay's
-`StreamTranscript` saw: the client's calls (ids, names, arguments) and content come out as if
-the stream had never broken. The relay side is in `tests/test_resume_unit.py`, the real swarm
+streams cut after every one of their chunks and resumed from what a relay's `StreamTranscript`
+saw: tool-call streams (the client's calls, ids, names and arguments, and content come out as
+if the stream had never broken) and plain chat, completion and native streams (the same text,
+also where the last chunk before the finish brings text a replay of the ids holds back: a
+stop sequence's possible start or a UTF-8 character cut by the budget, released at the end,
+with no token id of its own). The relay side is in `tests/test_resume_unit.py`, the real swarm
 in `tests/test_resume.py`.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,12 @@ import pytest
 from fakes import FakeEngine, serving
 from wiring import ADD, WEATHER, pieces
 
+from llamanet import LlamaNetClient
 from llamanet.node.config import NodeSettings
 from llamanet.node.node import LlamaNetNode
+from llamanet.protocol import ModelInfo
+from llamanet.swarm.identity import NodeIdentity
+from llamanet.swarm.records import sign_record
 from llamanet.swarm.resume import TOKEN_IDS_FIELD, StreamTranscript, resume_body
 
 CHAT = [{"role": "user", "content": "Say hi."}]
@@ -156,9 +164,10 @@ def sse_events(res: httpx.Response) -> list[bytes]:
 
 
 def what_the_client_has(events: list[bytes], *, native: bool) -> dict[str, Any]:
-    """A chat (or native) stream's events accumulated the way SDKs do."""
+    """A chat, completion (or native) stream's events accumulated the way SDKs do."""
     content, roles, finishes = "", 0, []
     calls: dict[int, dict[str, Any]] = {}
+    ids: set[str] = set()
     for event in events:
         data = event.decode()[6:].strip()
         if data == "[DONE]":
@@ -167,9 +176,11 @@ def what_the_client_has(events: list[bytes], *, native: bool) -> dict[str, Any]:
         if native:
             parts = [(payload, payload.get("text") or "", payload.get("finish_reason"))]
         else:
+            ids.add(payload["id"])
             parts = [
-                (c["delta"], c["delta"].get("content") or "", c["finish_reason"])
+                (delta, delta.get("content") or c.get("text") or "", c["finish_reason"])
                 for c in payload["choices"]
+                for delta in [c.get("delta") or {}]
             ]
         for delta, text, finish in parts:
             roles += "role" in delta
@@ -183,7 +194,27 @@ def what_the_client_has(events: list[bytes], *, native: bool) -> dict[str, Any]:
                 got["arguments"] += function.get("arguments") or ""
             if finish:
                 finishes.append(finish)
-    return {"content": content, "calls": calls, "finishes": finishes, "roles": roles}
+    return {"content": content, "calls": calls, "finishes": finishes, "roles": roles, "ids": ids}
+
+
+async def cut_and_resumed(
+    http: httpx.AsyncClient, path: str, body: dict[str, Any], whole: list[bytes], cut: int
+) -> tuple[list[bytes], list[bytes], StreamTranscript]:
+    """The events a client got of `whole` up to event `cut` (through a relay's transcript), the
+    rest from the resumption the relay asks for, and the transcript."""
+    transcript = StreamTranscript(strip=True, native=path == "/generate/stream")
+    delivered = [out for e in whole[: cut + 1] if (out := transcript.relay(e))]
+    assert len(delivered) == cut + 1 and not transcript.whole
+    again = resume_body(
+        body,
+        transcript.token_ids,
+        fingerprint=FINGERPRINT,
+        stream_id=transcript.stream_id,
+        created=transcript.created,
+        index=transcript.next_index,
+        deltas=transcript.deltas,
+    )
+    return delivered, sse_events(await http.post(path, json=again)), transcript
 
 
 @pytest.mark.parametrize("native", [False, True], ids=["chat", "native"])
@@ -215,19 +246,7 @@ async def test_a_tool_call_stream_resumes_after_any_of_its_chunks(
         deltas = [i for i, e in enumerate(whole) if TOKEN_IDS_FIELD.encode() in e]
         assert len(deltas) >= 3, whole
         for cut in deltas:  # the client got every event up to this text or call chunk
-            transcript = StreamTranscript(strip=True, native=native)
-            delivered = [out for e in whole[: cut + 1] if (out := transcript.relay(e))]
-            assert len(delivered) == cut + 1 and not transcript.whole
-            again = resume_body(
-                body,
-                transcript.token_ids,
-                fingerprint=FINGERPRINT,
-                stream_id=transcript.stream_id,
-                created=transcript.created,
-                index=transcript.next_index,
-                deltas=transcript.deltas,
-            )
-            rest = sse_events(await http.post(path, json=again))
+            delivered, rest, transcript = await cut_and_resumed(http, path, body, whole, cut)
             seen = what_the_client_has([*delivered, *rest], native=native)
             where = (case, cut, transcript.deltas)
             assert seen["content"] == reference["content"], where
@@ -248,6 +267,154 @@ async def test_a_tool_call_stream_resumes_after_any_of_its_chunks(
             if native:
                 chunks = [json.loads(e[6:]) for e in [*delivered, *rest] if b"[DONE]" not in e]
                 assert [c["index"] for c in chunks] == list(range(len(chunks)))
+
+
+# --------------------------------------------------------------------------- plain streams
+
+
+def utf8_tokens(text: str, size: int = 2) -> tuple[bytes, ...]:
+    """`text`'s UTF-8 bytes cut in tokens of `size` bytes: characters split across tokens."""
+    data = text.encode()
+    return tuple(data[i : i + size] for i in range(0, len(data), size))
+
+
+# tokens, tail (held back, released at the end), max_tokens, whether the last text chunk
+# carries no token id of its own
+PLAIN_STREAMS: dict[str, tuple[tuple[str | bytes, ...], str, int, bool]] = {
+    # the last token released " and " and held "e" back (a stop sequence "e!" might follow):
+    # the end of the generation releases it in a chunk of its own, with no new token ids
+    "held-back-tail": (("It", " is", " warm", " and "), "e", 100, True),
+    # the last two tokens' text was all held back: their ids ride on the released tail
+    "held-back-tokens": (("It", " is", " wa", "", ""), "rm", 100, False),
+    "utf-8-split": (utf8_tokens("Ça va? 日本語 ok ñ"), "", 100, False),
+    # cut by max_tokens inside a character: the decoder's end releases U+FFFD, no new ids
+    "utf-8-cut-by-the-budget": (utf8_tokens("café 日本"), "", 5, True),
+}
+PLAIN_APIS: dict[str, tuple[str, dict[str, Any], str]] = {  # path, body, echoed text
+    "chat": ("/v1/chat/completions", {"messages": CHAT, "stream": True}, ""),
+    "completions": ("/v1/completions", {"prompt": "Hi", "stream": True, "echo": True}, "Hi"),
+    "native": ("/generate/stream", {"prompt": "Hi"}, ""),
+}
+
+
+@pytest.mark.parametrize("api", sorted(PLAIN_APIS))
+@pytest.mark.parametrize("case", sorted(PLAIN_STREAMS))
+async def test_a_plain_stream_resumes_after_any_of_its_chunks(
+    tmp_path: Path, case: str, api: str
+) -> None:
+    """Cut after every chunk before its finish and resumed from what a relay saw: the client's
+    text is the uninterrupted text however text and token ids line up at the junction (text
+    held back and released at the end, with or without ids of its own; characters split
+    across tokens), with one finish and one stream id (native: indexes without a gap)."""
+    tokens, tail, max_tokens, bare_tail = PLAIN_STREAMS[case]
+    path, request, echo = PLAIN_APIS[api]
+    native = api == "native"
+    engine = FakeEngine(pieces=tokens, tail=tail)
+    settings = NodeSettings(home=tmp_path, request_timeout=30)
+    body = {**request, "max_tokens": max_tokens}
+    expected = b"".join(t.encode() if isinstance(t, str) else t for t in tokens[:max_tokens])
+    async with serving(settings, engine) as http:
+        node: LlamaNetNode = http._transport.app.state.node  # type: ignore[attr-defined]
+        node.fingerprint = FINGERPRINT
+        whole = sse_events(await http.post(path, json={**body, "llamanet": {"token_ids": True}}))
+        reference = what_the_client_has(whole, native=native)
+        assert reference["content"] == echo + expected.decode("utf-8", "replace") + tail
+        assert reference["finishes"] == ["length" if max_tokens < len(tokens) else "stop"]
+        texts = [json.loads(e[6:]) for e in whole if TOKEN_IDS_FIELD.encode() in e]
+        assert (texts[-1][TOKEN_IDS_FIELD] == []) is bare_tail, texts[-1]
+        finish = next(i for i, e in enumerate(whole) if b'"finish_reason":"' in e)
+        for cut in range(finish):  # the client got every event up to this one
+            delivered, rest, transcript = await cut_and_resumed(http, path, body, whole, cut)
+            seen = what_the_client_has([*delivered, *rest], native=native)
+            where = (case, cut, transcript.deltas, transcript.token_ids)
+            assert seen["content"] == reference["content"], where
+            assert seen["finishes"] == reference["finishes"], where
+            assert (seen["roles"], seen["ids"]) == (reference["roles"], reference["ids"]), where
+            if native:
+                chunks = [json.loads(e[6:]) for e in [*delivered, *rest] if b"[DONE]" not in e]
+                assert [c["index"] for c in chunks] == list(range(len(chunks))), where
+
+
+async def test_without_deltas_the_replayed_text_counts_as_delivered(tmp_path: Path) -> None:
+    """A relay from before `deltas` (none in the resumption): the chunks of the replayed
+    tokens' text are the delivered ones, everything after is sent, as older nodes did."""
+    engine = FakeEngine(pieces=("It", " is", " wa", "", ""), tail="rm")
+    settings = NodeSettings(home=tmp_path, request_timeout=30)
+    async with serving(settings, engine) as http:
+        node: LlamaNetNode = http._transport.app.state.node  # type: ignore[attr-defined]
+        node.fingerprint = FINGERPRINT
+        for ids, rest in (([], "It is warm"), ([101, 102], " warm"), ([101, 102, 103, 104], "rm")):
+            body = {"messages": CHAT, "stream": True, "llamanet": resume(ids)}
+            chunks = payloads(await http.post("/v1/chat/completions", json=body))
+            text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+            assert text == rest, ids
+
+
+@pytest.mark.parametrize("case", sorted(PLAIN_STREAMS))
+async def test_the_client_resumes_a_plain_stream_after_any_of_its_chunks(
+    tmp_path: Path, case: str
+) -> None:
+    """`LlamaNetClient` counts the chunks as a relay's transcript does (an empty ids field
+    included), so the node it resumes on agrees: its stream from node a, broken after every
+    chunk before the finish, goes on from node b with the uninterrupted text. Both names are
+    one in-process node behind a FAKE transport (signed records, the same fingerprint)."""
+    tokens, tail, max_tokens, _ = PLAIN_STREAMS[case]
+    engine = FakeEngine(pieces=tokens, tail=tail)
+    settings = NodeSettings(home=tmp_path, request_timeout=30)
+    body = {"prompt": "Hi", "max_tokens": max_tokens, "llamanet": {"token_ids": True}}
+    model = ModelInfo(id=engine.model_id, n_ctx=engine.n_ctx, fingerprint=FINGERPRINT)
+    records = [  # b looks busier: a serves first
+        sign_record(
+            NodeIdentity.generate(),
+            url=f"http://{name}.test",
+            models=[model],
+            active=active,
+            tokens_per_second=10.0,
+            version="test",
+            started_at=0.0,
+            seq=1,
+            issued_at=time.time(),
+            ttl=60.0,
+        )
+        for name, active in (("a", 0), ("b", 5))
+    ]
+    async with serving(settings, engine) as http:
+        node: LlamaNetNode = http._transport.app.state.node  # type: ignore[attr-defined]
+        node.fingerprint = FINGERPRINT
+        whole = sse_events(await http.post("/generate/stream", json=body))
+        reference = what_the_client_has(whole, native=True)
+        sent: list[dict[str, Any]] = []
+        cut = 0
+
+        async def broken(head: bytes) -> AsyncIterator[bytes]:
+            yield head
+            raise httpx.ReadError("connection reset by peer")
+
+        async def swarm(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/nodes":
+                return httpx.Response(200, json={"nodes": [r.model_dump() for r in records]})
+            sent.append(json.loads(request.content))
+            headers = {"content-type": "application/json"}
+            answer = await http.post(request.url.path, content=request.content, headers=headers)
+            events = {"content-type": "text/event-stream"}
+            if request.url.host == "a.test":
+                head = b"".join(sse_events(answer)[: cut + 1])
+                return httpx.Response(200, content=broken(head), headers=events)
+            return httpx.Response(200, content=answer.content, headers=events)
+
+        finish = next(i for i, e in enumerate(whole) if b'"finished":true' in e)
+        for cut in range(finish):
+            sent.clear()
+            transport = httpx.MockTransport(swarm)
+            async with LlamaNetClient(nodes=["http://a.test"], transport=transport) as client:
+                chunks = [c async for c in client.generate_stream("Hi", max_tokens=max_tokens)]
+            assert len(sent) == 2, (case, cut, sent)  # a, then the resumption on b
+            resumed = sent[1]["llamanet"]["resume"]
+            where = (case, cut, resumed["deltas"], resumed["token_ids"])
+            assert resumed["deltas"] == sum(TOKEN_IDS_FIELD.encode() in e for e in whole[: cut + 1])
+            assert "".join(c.text for c in chunks) == reference["content"], where
+            assert [c.finish_reason for c in chunks if c.finished] == reference["finishes"], where
+            assert [c.index for c in chunks] == list(range(len(chunks))), where
 
 
 async def test_a_resumed_structured_stream_checks_the_whole_answer(

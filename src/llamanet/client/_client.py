@@ -10,8 +10,8 @@ A node gets `first_byte_timeout` seconds to start its answer; past that, a liven
 decides between a busy node (keep waiting, up to `timeout`) and a frozen one (next node). A
 stream that breaks, ends early or stalls (nothing, the nodes' keep-alives included, for
 `stall_timeout` seconds) after tokens were delivered is resumed on a node with the same model
-fingerprint, from the token ids the chunks carried (`llamanet.swarm.resume`; a tool-call stream
-also from the count of its text and call chunks): the caller sees one stream. Only when no node
+fingerprint, from the token ids the chunks carried and the count of its text and call chunks
+(`llamanet.swarm.resume`): the caller sees one stream. Only when no node
 can take over does it raise `StreamInterrupted`: never a silently short answer.
 """
 
@@ -121,7 +121,7 @@ class _Delivered:
     chunks: int = 0
     token_ids: list[int] = field(default_factory=list)
     next_index: int = 0
-    deltas: int = 0  # text and tool-call chunks (those that carried token ids)
+    deltas: int = 0  # text and tool-call chunks (those with the token ids field, even empty)
     nodes: list[NodeRecord] = field(default_factory=list)
 
 

@@ -14,16 +14,22 @@ choice, on the first event a piece's text produced), so the ids a stream deliver
 what it delivered (what a resumption on another node continues from).
 
 A resumed stream (`resume`, one job) gets the resumed tokens' pieces back from the engine first
-(`Piece.replayed`, with the text the first node released). Without tool parsing they are not
-sent (their text only begins the choice's whole content). With it, they go through the parser
-exactly as on the first node (same pieces, so the same events), and so does everything after:
-the first `resume.deltas` text and call events are the ones the client already has and are not
-sent again (None: those the replayed pieces produce), and a choice with calls before the
-junction still ends with `"tool_calls"`. Counting events rather than tokens matters: one piece
-can produce several events (a call's start and its first argument fragment), and a stream can
-break between them. A call's id (random) is in its first event only: the client keeps the ids
-it saw (the replay's own ids for those calls are never sent), and a call begun after the
-junction gets one here.
+(`Piece.replayed`, with the text the first node released). They become events exactly as on
+the first node (same pieces, so the same events: through the parser when the work parses tool
+calls), and so does everything after: the first `resume.deltas` text and call events are the
+ones the client already has and are not sent again, and a choice with calls before the
+junction still ends with `"tool_calls"`. Counting events rather than tokens or text matters:
+one piece can produce several events (a call's start and its first argument fragment), and a
+stream can break between them; and an event can bring text but no token, or text the replay
+does not give back: text a stop matcher held back, or an incomplete UTF-8 character, released
+when the generation ends (in the chunk a stream can break after, before its finish). The
+replay holds that text back too, and the end here releases it again: only the count says the
+client has it. Without `deltas` (None: a relay from before it counted them) the replayed
+pieces' events count as the delivered ones and every later one is sent, as older nodes did:
+exact but for those cuts (text released at the end comes twice, an event after the cut but
+of the same piece is lost). A call's id (random) is in its first event
+only: the client keeps the ids it saw (the replay's own ids for those calls are never sent),
+and a call begun after the junction gets one here.
 
 Every format (chat and completion chunks, native chunks, Responses events) and the whole-answer
 path (`collect`) read the same events, so a streamed answer and a whole one cannot disagree.
@@ -106,8 +112,8 @@ class _State:
     parser: ToolCallParser | None
     pending: list[TokenLogprob] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
-    # a resumed parsing stream: how many of its text and call events the client already has
-    # (None: those of the replayed tokens)
+    # a resumed stream: how many of its text and call events the client already has (None:
+    # those of the replayed tokens)
     delivered: int | None = 0
     replayed: str = ""  # a resumed stream's text from the first node (the whole content's start)
 
@@ -126,6 +132,12 @@ class _State:
     def call(self, index: int, delta: ToolCallDelta) -> ChoiceCall:
         """A call event with the token ids that waited for it (logprobs wait for text)."""
         return ChoiceCall(index, delta, self._ids())
+
+    def feed(self, text: str) -> list[ContentDelta | ToolCallDelta]:
+        """What a piece's text becomes: the parser's events, or itself (when it says something)."""
+        if self.parser is not None:
+            return self.parser.feed(text)
+        return [ContentDelta(text)] if text else []
 
     def sent(self, replayed: bool) -> bool:
         """Whether the next event of a resumed stream was delivered already (one more)."""
@@ -224,17 +236,11 @@ async def choice_events(
             if isinstance(item, Piece):
                 if item.replayed:  # delivered by the node the stream began on
                     state.replayed += item.text
-                    if state.parser is not None:
-                        for event in parsed(index, state.parser.feed(item.text), True):
-                            yield event
-                    continue
-                state.pending.extend(item.logprobs)
-                state.pending_ids.extend(item.token_ids)
-                if state.parser is not None:
-                    for event in parsed(index, state.parser.feed(item.text)):
-                        yield event
-                elif item.text:
-                    yield state.text(index, item.text)
+                else:
+                    state.pending.extend(item.logprobs)
+                    state.pending_ids.extend(item.token_ids)
+                for event in parsed(index, state.feed(item.text), item.replayed):
+                    yield event
                 continue
             parser = state.parser
             if parser is not None:

@@ -7,13 +7,14 @@ Responses API has its own event sequence (`llamanet.node.responses`).
 
 For stream resumption (`llamanet.swarm.resume`): asked for (`token_ids`), each text and
 tool-call chunk, and only those, carries the token ids generated since the previous one
-(`llamanet_token_ids`, from `ChoiceText.token_ids` / `ChoiceCall.token_ids`: ids of pieces
-whose text is held back ride on the next such chunk, so delivered text and delivered ids always
-match; the field may be empty, e.g. on the second call event of one piece; a relay counts
-these chunks for a tool-call stream's resumption); a resumed stream (`resume`) keeps the
-id/created (or native index) it was given and sends no role chunk (`start()` sends nothing);
-and while no event comes (queued, long prefill) a keep-alive comment goes out every `keepalive`
-seconds, so a relay can tell a silent stream from a dead node.
+(`llamanet_token_ids`, from `ChoiceText.token_ids` / `ChoiceCall.token_ids`: ids of pieces whose
+text is held back ride on the next such chunk, so the delivered ids always cover the delivered
+text; the field may be empty, e.g. on the second call event of one piece or on text released at
+the end of the generation; a relay counts these chunks, empty or not, and a resumed stream sends
+none of that many, `llamanet.node.choices`); a resumed stream (`resume`) keeps the id/created
+(or native index) it was given and sends no role chunk (`start()` sends nothing); and while no
+event comes (queued, long prefill) a keep-alive comment goes out every `keepalive` seconds, so a
+relay can tell a silent stream from a dead node.
 """
 
 from __future__ import annotations

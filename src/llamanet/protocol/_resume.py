@@ -22,10 +22,12 @@ MAX_RESUME_TOKENS = 32768  # no context this engine runs is longer
 class ResumeFrom(_Lenient):
     """Where a stream that broke on another node left off (`StreamControl.resume`).
 
-    `token_ids`: every id the delivered chunks carried, in order. For a stream parsed into tool
-    calls, also `deltas`: how many text and tool-call chunks (those that carry
-    `llamanet_token_ids`) the client got (None: all those of the delivered tokens); the
-    resuming node parses the delivered tokens again and sends none of those chunks."""
+    `token_ids`: every id the delivered chunks carried, in order. `deltas`: how many text and
+    tool-call chunks (those that carry `llamanet_token_ids`, an empty list included) the client
+    got; the resuming node makes the same chunks of the delivered tokens again and sends none
+    of the first `deltas`. None (a relay that does not count them): the chunks of the delivered
+    tokens' replayed text, exact but after text released at the end of the generation (sent
+    again) or between the chunks of one token's text (the rest lost)."""
 
     token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_RESUME_TOKENS)]
     id: Annotated[str, Field(max_length=128)] | None = None  # the OpenAI stream's id

@@ -13,13 +13,17 @@ the stream id, and counts every token in its usage; the transcript names every n
 served the stream in the finish chunk (`"llamanet": {"nodes": [...]}`) once it took more than
 one.
 
-A stream parsed into tool calls resumes too. The ids alone do not say what its client has: the
-text of one token can become several chunks (a call's start, then its first argument
-fragment) and the stream can break between them. So the transcript also counts the chunks that
-carried `llamanet_token_ids` (the text and tool-call chunks: `deltas`); the resuming node parses
-the delivered tokens again and sends none of the first `deltas` chunks. A call's id (`call_...`)
-travels only in its first chunk: a call the client saw begin keeps the id it saw (the resuming
-node never announces it again), one begun after the junction gets its id from that node.
+The ids alone do not say what the client has. The text of one token can become several chunks (a
+tool call's start, then its first argument fragment) and the stream can break between them; and
+the last text chunk can bring text that a replay of the ids holds back again (text a stop
+matcher held back, or a UTF-8 character cut by the budget, released when the generation ends,
+often with no new id at all). So the transcript also counts the chunks that carried
+`llamanet_token_ids`, an empty list included (the text and tool-call chunks, and only those:
+`deltas`); the resuming node makes the same chunks of the delivered tokens again (through a
+fresh tool parser for a tool-call stream) and sends none of the first `deltas`: the junction is
+exact after any chunk. `LlamaNetClient` counts the same way. A call's id (`call_...`) travels
+only in its first chunk: a call the client saw begin keeps the id it saw (the resuming node
+never announces it again), one begun after the junction gets its id from that node.
 
 Pure logic (no I/O): the gateway relays through it, `LlamaNetClient` uses `resume_body`.
 """
@@ -89,7 +93,8 @@ def resume_body(
 ) -> dict[str, Any]:
     """The request that continues a stream on another node: `body` as first sent (sampling
     parameters, seed and `max_tokens`, which counts the resumed tokens too) plus the resume
-    point (`deltas`, what a tool-call stream needs too: see the module docstring)."""
+    point (the ids and `deltas`, the count of chunks that carried ids: see the module
+    docstring)."""
     out = copy.deepcopy(dict(body))
     control = out.get(CONTROL_FIELD)
     control = dict(control) if isinstance(control, Mapping) else {}
@@ -122,7 +127,7 @@ class StreamTranscript:
     stream_id: str | None = None
     created: int | None = None
     next_index: int = 0
-    deltas: int = 0  # text and tool-call chunks relayed (those that carry token ids)
+    deltas: int = 0  # text and tool-call chunks relayed (those with the ids field)
     finished: bool = False  # the finish chunk went through
     done: bool = False  # `[DONE]` went through
     nodes: list[str] = field(default_factory=list)  # every node that served it, in order
