@@ -61,13 +61,36 @@ def test_at_least_one_prompt_token_is_left_to_evaluate() -> None:
 
 
 def test_a_busy_slot_with_a_longer_prefix_donates_to_the_oldest_free_slot() -> None:
+    slots = _slots([6], [1, 2, 3, 4, 5], [1, 2], busy=(1,))  # both free slots are next to it
+    slots[0].last_used, slots[2].last_used = 10.0, 2.0
+    p = place(slots, [1, 2, 3, 4, 9], min_copy=1)
+    assert p is not None
+    assert p.donor is slots[1] and p.reuse == 4
+    assert p.slot is slots[2]  # the oldest free slot; its own 2 tokens are worth less
+    assert not p.slot.busy
+
+
+def test_a_copy_goes_next_to_a_busy_slot_before_the_oldest() -> None:
     slots = _slots([1, 2, 3, 4, 5], [1, 2], [6], busy=(0,))
     slots[1].last_used, slots[2].last_used = 10.0, 2.0
     p = place(slots, [1, 2, 3, 4, 9], min_copy=1)
-    assert p is not None
-    assert p.donor is slots[0] and p.reuse == 4
-    assert p.slot is slots[2]  # the oldest free slot; slot 1's own 2 tokens are worth less
-    assert not p.slot.busy
+    assert p is not None and p.donor is slots[0] and p.reuse == 4
+    assert p.slot is slots[1]  # slots 0 and 1 decode in one graph, 0 and 2 would take two
+
+
+def test_ties_go_next_to_a_busy_slot_then_to_the_least_recently_used() -> None:
+    """Busy slots side by side: llama.cpp runs one graph per run of consecutive seq_ids."""
+    slots = _slots([9], [8], [7], [6], [5], busy=(2,))
+    for slot, used in zip(slots, [1.0, 9.0, 0.0, 8.0, 2.0], strict=True):
+        slot.last_used = used
+    p = place(slots, [1, 2, 3])  # slots 1 and 3 are next to slot 2; 3 is the older of them
+    assert p is not None and p.slot is slots[3] and p.reuse == 0
+    slots[3].busy = True
+    p = place(slots, [1, 2, 3])
+    assert p is not None and p.slot is slots[4]  # next to 3, and older than slot 1
+    slots[1].tokens = [1, 2, 9]
+    p = place(slots, [1, 2, 3])
+    assert p is not None and p.slot is slots[1] and p.reuse == 2  # a prefix beats both
 
 
 def test_a_copy_must_save_min_copy_tokens() -> None:

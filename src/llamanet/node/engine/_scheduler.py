@@ -218,7 +218,7 @@ class Scheduler:
         for piece in replayed:  # before anything generated here
             job.emit(piece)
         if stopped:
-            self._complete(seq, "stop")
+            self._complete(seq, "stop", hit=True)
         elif len(seq.generated) >= job.max_tokens:
             self._complete(seq, "length")
 
@@ -232,7 +232,11 @@ class Scheduler:
     def _step(self) -> None:
         """One token of every generating sequence in one `llama_decode`, then prompt chunks,
         each in a `llama_decode` of its own (the module docstring says why)."""
-        decoding = [s for s in self.running if s.next_token is not None]
+        # in seq_id order: llama.cpp splits a batch over per-slot KV streams into one graph per
+        # run of consecutive seq_ids in batch order, and each graph has a fixed cost
+        decoding = sorted(
+            (s for s in self.running if s.next_token is not None), key=lambda s: s.slot.seq_id
+        )
         decoded = self._decode_tokens(decoding) if decoding else 0
         budget = self.prefill_chunk if decoding else self.n_batch
         prompt_tokens = 0
@@ -324,7 +328,7 @@ class Scheduler:
             job.emit(Piece(text, tuple(seq.generated[seq.sent :]), logprob))
             seq.sent = len(seq.generated)
         if hit:
-            self._complete(seq, "stop")
+            self._complete(seq, "stop", hit=True)
         elif len(seq.generated) >= job.max_tokens:
             self._complete(seq, "length")
         else:
@@ -341,11 +345,14 @@ class Scheduler:
         slot.busy = False
         slot.last_used = time.monotonic()
 
-    def _complete(self, seq: _Sequence, finish: str) -> None:
+    def _complete(self, seq: _Sequence, finish: str, *, hit: bool = False) -> None:
         self._release(seq)
-        # after a stop-sequence hit the matcher holds nothing; at the end of generation or of
-        # the budget, the text it held back was not a stop sequence after all
-        tail = seq.stops.flush() + seq.decoder.decode(b"", final=True)
+        # after a stop-sequence `hit` the matcher holds nothing, and the bytes of a character
+        # the decoder holds come after the stop; at the end of generation or of the budget, the
+        # text held back was not a stop sequence after all, and a cut character shows as U+FFFD
+        tail = seq.stops.flush()
+        if not hit:
+            tail += seq.decoder.decode(b"", final=True)
         if tail or seq.sent < len(seq.generated):
             seq.text.append(tail)
             seq.job.emit(Piece(tail, tuple(seq.generated[seq.sent :])))
