@@ -6,7 +6,8 @@ requests stay in flight; a request that outlives `straggler_timeout()` (about sr
 stops counting against `alpha` and no longer holds up the result; once replies stop bringing
 closer nodes, every remaining one of the k closest is asked at once (the stock "wide" round).
 Straggling is judged only while this process runs: a wait that wakes up late (a stall of this
-process) is not a timeout, since the replies that came meanwhile are still unread in the socket.
+process) is not a timeout, and the replies already waiting in the socket are read before any
+peer is called slow (`take_in`).
 `RecordCrawl` merges the entries of *every* peer among the k closest: newest seq per node id.
 (docs/dht.md, defects 1 and 7.)
 """
@@ -147,8 +148,14 @@ class WindowedCrawl(SpiderCrawl):
                     # burst of work on this loop): the timer fires before the replies that came
                     # meanwhile are read from the socket, so they are not late; look again
                     continue
-                slow.update(pending)
-                continue
+                # replies may still be unread when the timer fires: read them (or another lookup
+                # just did), and let the queries they answer finish, before calling anyone slow
+                self.protocol.take_in()
+                await asyncio.sleep(0)
+                done = {future for future in pending if future.done()}
+                if not done:
+                    slow.update(pending)
+                    continue
             for future in done:
                 peer = pending.pop(future)
                 slow.discard(future)
