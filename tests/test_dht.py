@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import queue
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 from kademlia.node import Node
 
 from llamanet.protocol import NodeRecord
-from llamanet.swarm.dht import DHTNode, Presence, RecordStorage
+from llamanet.swarm.dht import DHTNode, Presence, RecordStorage, crawling
 from llamanet.swarm.dht.keys import all_nodes_keys, digest, keys_for, model_key
 from llamanet.swarm.identity import NodeIdentity
 from llamanet.swarm.records import canonical_bytes, encode_record, make_tombstone
@@ -38,6 +41,40 @@ async def swarm(size: int, **kwargs: Any) -> AsyncIterator[list[DHTNode]]:
     finally:
         for node in nodes:
             await node.stop()
+
+
+@contextlib.contextmanager
+def swarm_elsewhere(size: int) -> Iterator[tuple[int, set[str]]]:
+    """`swarm(size)`, each peer with a published record, on an event loop of its own in another
+    thread: the peers keep answering while the test's own loop is stalled. Yields the first
+    peer's port and the node ids."""
+    handoff: queue.Queue[tuple[int, set[str]] | BaseException] = queue.Queue()
+    stop = threading.Event()
+
+    async def serve() -> None:
+        async with swarm(size) as nodes:
+            for node in nodes:
+                assert node.identity is not None
+                await node.publish(make_record(node.identity, ttl=60.0))
+            handoff.put((nodes[0].port, {node.node_id for node in nodes}))
+            await asyncio.to_thread(stop.wait)
+
+    def run() -> None:
+        try:
+            asyncio.run(serve())
+        except BaseException as exc:
+            handoff.put(exc)
+
+    thread = threading.Thread(target=run, name="swarm-elsewhere", daemon=True)
+    thread.start()
+    try:
+        ready = handoff.get(timeout=30)
+        if isinstance(ready, BaseException):
+            raise ready
+        yield ready
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 @contextlib.asynccontextmanager
@@ -441,6 +478,83 @@ async def test_lookups_stay_complete_with_peers_stopped_and_skip_them_afterwards
             await node.publish(make_record(node.identity))
         for node in alive:
             assert _ids(await node.find_nodes(MODEL)) >= live_ids
+
+
+async def lookup_started(client: DHTNode) -> asyncio.Future[list[NodeRecord]]:
+    """`client.find_nodes()` started, back once its first requests are out (a few loop turns)."""
+    calls = client.protocol.stats["calls"]
+    lookup = asyncio.ensure_future(client.find_nodes())
+    for _ in range(100):
+        if client.protocol.stats["calls"] > calls:
+            return lookup
+        await asyncio.sleep(0)
+    raise AssertionError("the lookup sent nothing")
+
+
+def stall_this_process(seconds: float) -> None:
+    """Block this thread's event loop, as a long garbage collection or being descheduled does."""
+    time.sleep(seconds)
+
+
+@pytest.mark.parametrize("late_wakeups_noticed", [True, False], ids=["late-wakeup", "backlog"])
+async def test_a_lookup_keeps_the_replies_that_came_while_its_own_process_stalled(
+    late_wakeups_noticed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies that arrive while the reader's process is not running (a garbage collection of a
+    big heap, the process descheduled on a busy machine) came on time: the lookup must not end
+    as if every peer had straggled. Once it did, because the straggler timer fires before the
+    datagrams waiting in the socket are read: a fresh `LlamaNetClient` that stalled ~0.1 s in
+    its first lookup listed only the nodes of the shards whose replies it had already read.
+
+    Two defences, each enough here: a wait that wakes up late judges nothing, and the replies
+    waiting in the socket are read before anyone is called slow ("backlog": the first one off,
+    as for a stall that ends just before the timer fires)."""
+    if not late_wakeups_noticed:
+        monkeypatch.setattr(crawling, "LATE_WAKEUP", math.inf)
+    stall = 0.35  # above any straggler timeout (at most 0.3 s), below the 1.5 s RPC timeout
+    with swarm_elsewhere(3) as (seed, ids):
+        client = DHTNode()  # a light client, as LlamaNetClient runs it
+        await client.start()
+        try:
+            await client.bootstrap([("127.0.0.1", seed)])
+            assert client.protocol.straggler_timeout() < stall
+            lookup = await lookup_started(client)
+            stall_this_process(stall)  # the peers answer meanwhile
+            assert _ids(await lookup) == ids
+            assert client.protocol.stats["timeouts"] == 0
+        finally:
+            await client.stop()
+
+
+async def test_a_reply_waiting_in_the_socket_is_not_an_rpc_timeout() -> None:
+    """A stall longer than the RPC timeout: the replies are there, unread, when the timeouts
+    fire. No call fails and no peer is marked dead (it would be skipped for 30 s)."""
+    with swarm_elsewhere(3) as (seed, ids):
+        client = DHTNode(rpc_timeout=0.2)
+        await client.start()
+        try:
+            await client.bootstrap([("127.0.0.1", seed)])
+            lookup = await lookup_started(client)
+            stall_this_process(0.5)
+            assert _ids(await lookup) == ids
+            assert client.protocol.stats["timeouts"] == 0
+            assert client.protocol.dead_peers() == []
+        finally:
+            await client.stop()
+
+
+async def test_a_lookup_waits_out_a_stall_of_its_own_process_with_its_peers_in_it() -> None:
+    """A stall of the whole process, peers running on the same loop included (the attacker and
+    the client of tests/test_dht_hostile.py share one): when the lookup wakes up its timers have
+    all run out, but its peers have not had a turn either. Nobody straggled: it looks again."""
+    async with swarm(3) as nodes:
+        for node in nodes:
+            assert node.identity is not None
+            await node.publish(make_record(node.identity))
+        async with light_client(nodes[0]) as client:
+            lookup = await lookup_started(client)
+            stall_this_process(0.35)  # above any straggler timeout, below RPC_TIMEOUT
+            assert _ids(await lookup) == {node.node_id for node in nodes}
 
 
 async def test_lookup_and_bootstrap_survive_unreachable_and_garbage() -> None:

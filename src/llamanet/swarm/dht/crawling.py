@@ -5,6 +5,9 @@ round for the RPC timeout, and `ValueSpiderCrawl` stops at the first value found
 requests stay in flight; a request that outlives `straggler_timeout()` (about srtt + 4 rttvar)
 stops counting against `alpha` and no longer holds up the result; once replies stop bringing
 closer nodes, every remaining one of the k closest is asked at once (the stock "wide" round).
+Straggling is judged only while this process runs: a wait that wakes up late (a stall of this
+process) is not a timeout, and the replies already waiting in the socket are read before any
+peer is called slow (`take_in`).
 `RecordCrawl` merges the entries of *every* peer among the k closest: newest seq per node id.
 (docs/dht.md, defects 1 and 7.)
 """
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 QUORUM = 0.75  # share of the k closest whose answers end a lookup after a short grace
 MAX_ENTRIES_PER_REPLY = 64  # an honest page holds ~30 (7 KiB); more is a peer wasting our CPU
 MAX_PAGES = 16  # `get` pages asked of one peer in one lookup (each up to ~7 KiB of records)
+LATE_WAKEUP = 0.02  # a wait that ends this much past its deadline: this process had stalled
 
 
 class IndexedNodeHeap(NodeHeap):
@@ -116,6 +120,7 @@ class WindowedCrawl(SpiderCrawl):
         return None
 
     async def _crawl(self) -> None:
+        loop = asyncio.get_running_loop()
         pending: dict[asyncio.Future[list[Node] | None], Node] = {}
         slow: set[asyncio.Future[list[Node] | None]] = set()
         self.wide = False
@@ -133,12 +138,24 @@ class WindowedCrawl(SpiderCrawl):
             timeout = self.protocol.straggler_timeout()
             if all_asked and self._quorum_answered():
                 timeout = min(timeout, self.protocol.grace_timeout())
+            deadline = loop.time() + timeout
             done, _ = await asyncio.wait(
                 pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
-                slow.update(pending)
-                continue
+                if loop.time() - deadline > LATE_WAKEUP:
+                    # this process was not running (a long garbage collection, descheduled, a
+                    # burst of work on this loop): the timer fires before the replies that came
+                    # meanwhile are read from the socket, so they are not late; look again
+                    continue
+                # replies may still be unread when the timer fires: read them (or another lookup
+                # just did), and let the queries they answer finish, before calling anyone slow
+                self.protocol.take_in()
+                await asyncio.sleep(0)
+                done = {future for future in pending if future.done()}
+                if not done:
+                    slow.update(pending)
+                    continue
             for future in done:
                 peer = pending.pop(future)
                 slow.discard(future)

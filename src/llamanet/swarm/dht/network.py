@@ -89,6 +89,7 @@ class RecordServer(Server):
         self.transport, self.protocol = await loop.create_datagram_endpoint(
             self._create_protocol, sock=sock
         )
+        self.protocol.read_from(sock)
         self.refresh_table()
 
     async def _refresh_table(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +38,7 @@ MAX_TRACKED: Final = 10_000  # addresses remembered as recently heard from
 MIN_STRAGGLER: Final = 0.1  # never treat a reply as late sooner than this ...
 MAX_STRAGGLER: Final = 0.3  # ... nor later (a late reply is still used if it comes)
 MIN_GRACE: Final = 0.025  # a lookup that has its quorum waits at least this for the rest
+TAKE_IN_MAX: Final = 1024  # datagrams `take_in` handles at once (bounded under a flood)
 
 
 class MsgpackRPCProtocol(RPCProtocol):
@@ -53,6 +55,7 @@ class MsgpackRPCProtocol(RPCProtocol):
         self.stats: Counter[str] = Counter()
         self.srtt: float | None = None
         self.rttvar = 0.0
+        self._sock: socket.socket | None = None
 
     # ------------------------------------------------------------------ receiving
 
@@ -70,6 +73,31 @@ class MsgpackRPCProtocol(RPCProtocol):
             self._accept_request(msg_id, payload, addr)
         elif kind == b"\x01":
             self._accept_response(msg_id, payload, addr)
+
+    def read_from(self, sock: socket.socket) -> None:
+        """The bound socket under the transport, for `take_in`."""
+        self._sock = sock
+
+    def take_in(self) -> int:
+        """Handle every datagram already waiting in the socket; how many there were.
+
+        The event loop reads one datagram per turn and runs due timers in the same turn, so
+        after this process was busy or stalled, a reply that arrived on time can still be
+        unread when its timeout (or a lookup's straggler timer) fires: call this before
+        concluding that a peer did not answer.
+        """
+        sock = self._sock
+        if sock is None or self.transport is None or self.transport.is_closing():
+            return 0
+        count = 0
+        while count < TAKE_IN_MAX:
+            try:
+                data, addr = sock.recvfrom(65536)
+            except OSError:  # BlockingIOError: nothing more waiting
+                break
+            count += 1
+            self.datagram_received(data, addr)
+        return count
 
     def _accept_request(self, msg_id: bytes, data: Any, address: Address) -> None:
         if not isinstance(data, list) or len(data) != 2:
@@ -104,6 +132,8 @@ class MsgpackRPCProtocol(RPCProtocol):
             future.set_result((True, data))
 
     def _timeout(self, msg_id: bytes) -> None:
+        if self.take_in() and msg_id not in self._outstanding:
+            return  # its reply was waiting in the socket: answered in time after all
         pending = self._outstanding.pop(msg_id, None)
         sent = self._sent.pop(msg_id, None)
         self.stats["timeouts"] += 1
