@@ -5,15 +5,15 @@ Each slot is one llama.cpp sequence id. A slot remembers the tokens whose KV it 
 its request ended, so the next turn of a chat finds its history there. A new prompt goes to the
 free slot holding its longest common prefix; on ties, one next to a busy slot, then the least
 recently used (the slot whose cache is least likely to be wanted again). Next to a busy slot:
-llama.cpp evaluates a batch over per-slot KV streams as one graph per run of consecutive seq_ids,
-and each graph has a fixed cost (one decode step of 4 sequences took 56 ms on slots 0-3 and 75
-ms on slots 0, 2, 4, 6 on this 2-core machine), so busy slots are best kept side by side. When *another* slot, busy or idle, holds a
-longer prefix by at least `MIN_COPY` tokens, that prefix is copied into the chosen slot
-(`llama_memory_seq_cp`), so a system prompt many users share, or the same prompt sent by many
-clients, is evaluated once. The threshold is there because the KV is one stream per slot: a copy
-moves the donor's whole stream (all n_ctx cells, ~47 MB for the default model at n_ctx 2048, a
-memory copy of a few ms), about what evaluating a couple of prompt tokens costs here. Pure logic:
-the KV operations are the caller's.
+llama.cpp evaluates a batch over per-slot KV streams as one graph per run of consecutive
+seq_ids, and each graph has a fixed cost (a decode step of 4 sequences took 56 ms on slots 0-3,
+75 ms on slots 0, 2, 4, 6 on this 2-core machine), so busy slots are best kept side by side.
+When *another* slot, busy or idle, holds a longer prefix by at least `MIN_COPY` tokens, that
+prefix is copied into the chosen slot (`llama_memory_seq_cp`), so a system prompt many users
+share, or the same prompt sent by many clients, is evaluated once. The threshold is there
+because the KV is one stream per slot: a copy moves the donor's whole stream (all n_ctx cells,
+~47 MB for the default model at n_ctx 2048, a memory copy of a few ms), about what evaluating a
+couple of prompt tokens costs here. Pure logic: the KV operations are the caller's.
 """
 
 from __future__ import annotations
