@@ -238,16 +238,21 @@ WEATHER_TOOL = {
 }
 
 
+def weather_request(tool_choice: str) -> dict[str, Any]:
+    """A chat that may (or must) call the weather tool, long enough to be cut inside."""
+    return {
+        "messages": [{"role": "user", "content": "What will the weather be in Lisbon?"}],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": tool_choice,
+        "max_tokens": 160,
+    }
+
+
 def test_kill_mid_tool_call_stream_resumes_the_arguments(swarm: Swarm) -> None:
     """Cut inside a forced call's arguments: the new node parses the delivered tokens again and
     sends only what the client lacks, so the calls are the uninterrupted ones, each announced
     once with its id, and the stream finishes once with tool_calls."""
-    request = {
-        "messages": [{"role": "user", "content": "What will the weather be in Lisbon?"}],
-        "tools": [WEATHER_TOOL],
-        "tool_choice": "required",
-        "max_tokens": 160,
-    }
+    request = weather_request("required")
     reference = swarm.sdk().chat.completions.create(model="alpha", temperature=0, **request)
     ref_calls = reference.choices[0].message.tool_calls or []
     assert reference.choices[0].finish_reason == "tool_calls" and len(ref_calls) >= 1
@@ -270,12 +275,7 @@ def test_kill_mid_auto_tool_stream_resumes_the_same_answer(swarm: Swarm) -> None
     """With tool_choice auto the model may call the tool or answer in text (the generic
     envelope's response string, decoded as it streams): either way the resumed stream is the
     uninterrupted answer."""
-    request = {
-        "messages": [{"role": "user", "content": "What will the weather be in Lisbon?"}],
-        "tools": [WEATHER_TOOL],
-        "tool_choice": "auto",
-        "max_tokens": 160,
-    }
+    request = weather_request("auto")
     reference = swarm.sdk().chat.completions.create(model="alpha", temperature=0, **request)
     message = reference.choices[0].message
     ref_calls = message.tool_calls or []

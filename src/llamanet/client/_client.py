@@ -11,8 +11,8 @@ decides between a busy node (keep waiting, up to `timeout`) and a frozen one (ne
 stream that breaks, ends early or stalls (nothing, the nodes' keep-alives included, for
 `stall_timeout` seconds) after tokens were delivered is resumed on a node with the same model
 fingerprint, from the token ids the chunks carried and the count of its text and call chunks
-(`llamanet.swarm.resume`): the caller sees one stream. Only when no node
-can take over does it raise `StreamInterrupted`: never a silently short answer.
+(`llamanet.swarm.resume`): the caller sees one stream. Only when no node can take over does it
+raise `StreamInterrupted`: never a silently short answer.
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ when the generation ends (in the chunk a stream can break after, before its fini
 replay holds that text back too, and the end here releases it again: only the count says the
 client has it. Without `deltas` (None: a relay from before it counted them) the replayed
 pieces' events count as the delivered ones and every later one is sent, as older nodes did:
-exact but for those cuts (text released at the end comes twice, an event after the cut but
-of the same piece is lost). A call's id (random) is in its first event
-only: the client keeps the ids it saw (the replay's own ids for those calls are never sent),
-and a call begun after the junction gets one here.
+exact but for those cuts (text released at the end comes twice, an event after the cut but of
+the same piece is lost). A call's id (random) is in its first event only: the client keeps the
+ids it saw (the replay's own ids for those calls are never sent), and a call begun after the
+junction gets one here.
 
 Every format (chat and completion chunks, native chunks, Responses events) and the whole-answer
 path (`collect`) read the same events, so a streamed answer and a whole one cannot disagree.

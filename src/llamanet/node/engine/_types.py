@@ -93,9 +93,9 @@ class Piece:
     `replayed`: a piece of the resumed tokens (`resume_tokens`), which another node generated
     and already sent. A resumed job yields them first, one per token that released text, with
     the text that node released for it (held-back text included where it was released; the ids
-    left, whose text is still held back, in one without text), so a
-    consumer can bring its own state (a tool-call parser, the count of chunks sent) to where
-    that node's was; they are not to be sent again. Their `logprobs` are empty."""
+    left, whose text is still held back, in one without text), so a consumer can bring its own
+    state (a tool-call parser, the count of chunks sent) to where that node's was; they are not
+    to be sent again. Their `logprobs` are empty."""
 
     text: str
     token_ids: tuple[int, ...] = ()
