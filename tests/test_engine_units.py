@@ -1,9 +1,18 @@
 """The engine's pure logic without a model: slot placement (prefix reuse, sharing a prefix held by
-another slot, waiting for one being prefilled) and held-back stop-sequence matching."""
+another slot, waiting for one being prefilled), held-back stop-sequence matching and the worker's
+outbox to the event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+
+import pytest
+
 from llamanet.node.engine import StopMatcher
+from llamanet.node.engine._job import Outbox
 from llamanet.node.engine._slots import MIN_COPY, Slot, common_prefix, pending_share, place
 
 
@@ -219,3 +228,66 @@ def test_a_repeated_prefix_inside_the_stop() -> None:
 def test_unicode_stops() -> None:
     text, hit, _ = _run(["—end"], ["café —", "en", "d!"])
     assert (text, hit) == ("café ", True)
+
+
+# ---------------------------------------------------------------- Outbox
+
+
+class _RecordingLoop:
+    """Stands in for an event loop: records each wake-up, runs it when told."""
+
+    def __init__(self) -> None:
+        self.wakeups: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: object) -> None:
+        self.wakeups.append((fn, args))
+
+    def run(self) -> None:
+        for fn, args in self.wakeups:
+            fn(*args)
+
+
+def test_the_outbox_holds_calls_until_flushed_then_delivers_them_in_order() -> None:
+    loop, other = _RecordingLoop(), _RecordingLoop()
+    got: list[int] = []
+    outbox = Outbox()
+    for i in range(5):
+        outbox.post(loop, got.append, i)  # type: ignore[arg-type]
+    outbox.post(other, got.append, 99)  # type: ignore[arg-type]
+    assert loop.wakeups == [] and other.wakeups == []  # nothing leaves before the flush
+    outbox.flush()
+    outbox.flush()  # an empty outbox wakes nobody
+    assert len(loop.wakeups) == 1 and len(other.wakeups) == 1  # one wake-up per loop
+    loop.run()
+    assert got == [0, 1, 2, 3, 4]
+    other.run()
+    assert got[-1] == 99
+
+
+async def test_a_failing_call_does_not_swallow_the_calls_behind_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    got: list[str] = []
+
+    def broken() -> None:
+        raise ValueError("boom")
+
+    outbox = Outbox()
+    outbox.post(loop, broken)
+    outbox.post(loop, got.append, "after")
+    with caplog.at_level(logging.ERROR, logger="llamanet.node.engine"):
+        thread = threading.Thread(target=outbox.flush)
+        thread.start()
+        thread.join()
+        await asyncio.sleep(0)
+    assert got == ["after"]
+    assert "boom" in caplog.text
+
+
+def test_a_closed_loop_is_skipped_at_shutdown() -> None:
+    loop = asyncio.new_event_loop()
+    loop.close()
+    outbox = Outbox()
+    outbox.post(loop, print, "never")
+    outbox.flush()  # no RuntimeError out of the worker

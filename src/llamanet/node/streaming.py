@@ -308,32 +308,51 @@ class NativeFormat(ChunkFormat):
         ]
 
 
+_END = object()
+
+
 async def _with_keepalive(
     events: AsyncGenerator[ChoiceEvent, None], every: float | None
 ) -> AsyncGenerator[ChoiceEvent | None, None]:
-    """`events`, with a None after each `every` seconds of waiting for the next one. The wait
-    is one task per event, never cancelled by a keep-alive (cancelling it would end `events`)."""
+    """`events`, with a None after each `every` seconds of waiting for the next one.
+
+    One task pumps `events` into a queue for the whole stream, and the waits with a timeout are
+    on that queue: a keep-alive never cancels `events` (that would end it), and an event costs
+    a queue hand-over instead of a task and an `asyncio.wait` of its own."""
     if every is None:
         async for event in events:
             yield event
         return
-    while True:
-        pending = asyncio.ensure_future(anext(events))
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump() -> None:
         try:
-            while True:
-                done, _ = await asyncio.wait({pending}, timeout=every)
-                if done:
-                    break
+            async for event in events:
+                queue.put_nowait(event)
+        except Exception as exc:  # handed to the consumer, raised there
+            queue.put_nowait(exc)
+        else:
+            queue.put_nowait(_END)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(every):
+                    item = await queue.get()
+            except TimeoutError:
                 yield None
-        finally:
-            if not pending.done():
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await pending
-        try:
-            yield pending.result()
-        except StopAsyncIteration:
-            return
+                continue
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def event_stream(

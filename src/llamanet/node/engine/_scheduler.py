@@ -20,8 +20,9 @@ prompt tokens are evaluated per step, so a running stream waits at most one such
 token (on this 2-core machine with the 135M model, 256 prompt tokens are about 60-120 ms)
 instead of the whole prompt. With nothing generating, prompts go `n_batch` tokens at a time.
 
-Everything here runs on the worker thread; it talks to the event loop only through
-`Job.emit` and `Job.on_loop` (which use `call_soon_threadsafe`).
+Everything here runs on the worker thread; it talks to the event loop only through the jobs'
+reports, which wait in the scheduler's `Outbox` until the worker is about to block (before each
+`llama_decode` and before waiting for work; `_job.py` says why).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 
 from llama_cpp import llama_cpp as C
 
-from llamanet.node.engine._job import Job
+from llamanet.node.engine._job import Job, Outbox
 from llamanet.node.engine._sampler import InvalidGrammar, SequenceSampler, token_logprob
 from llamanet.node.engine._slots import Slot, pending_share, place
 from llamanet.node.engine._stops import StopMatcher
@@ -109,6 +110,7 @@ class Scheduler:
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.waiting: list[Job] = []
         self.running: list[_Sequence] = []
+        self.outbox = Outbox()
         self.batch = C.llama_batch_init(n_batch, 0, 1)
         self.closing = False
 
@@ -117,6 +119,7 @@ class Scheduler:
     def run(self) -> None:
         try:
             while not self.closing:
+                self.outbox.flush()
                 if self._collect(block=not self.running and not self.waiting):
                     break
                 self._drop_cancelled()  # before admission: a freed slot serves this very step
@@ -137,6 +140,7 @@ class Scheduler:
                     break
                 if left is not None:
                     left.fail(EngineClosed())
+            self.outbox.flush()
             C.llama_batch_free(self.batch)
 
     def _collect(self, *, block: bool) -> bool:
@@ -147,6 +151,7 @@ class Scheduler:
                 if item is None:
                     self.closing = True
                     return True
+                item.outbox = self.outbox
                 self.waiting.append(item)
                 item = self.inbox.get_nowait()
         except queue.Empty:
@@ -283,6 +288,7 @@ class Scheduler:
 
     def _decode(self, n: int, seqs: list[_Sequence]) -> bool:
         self.batch.n_tokens = n
+        self.outbox.flush()  # the loop does its work while this call holds no GIL
         status = int(C.llama_decode(self.ctx, self.batch))
         if status != 0:  # the KV of these sequences is now uncertain: they end here
             for seq in seqs:
