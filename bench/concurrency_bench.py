@@ -6,15 +6,17 @@
     python bench/concurrency_bench.py --report results.json [--plot out.png]
 
 Why: a node is only worth running if it serves many users at once at least as well as llama.cpp's
-own server does on the same hardware. For each level N, each server in turn (one at a time,
-each started for that level and stopped before the next starts, so that a change in the load of
-this shared machine falls on all of them alike; `--no-interleave` runs all levels on one start
-instead) gets one warm-up request, then `--rounds` bursts of N streaming chat completions sent
-at once: distinct prompts (a ~250-token request whose first words differ, so only the chat
-template's system preamble is shared and no prefix cache can serve a burst from one prefill;
-`--short-prompts`: ~65 tokens), temperature 0, the same `max_tokens`. On the 2-core machine this
-was written on, prefill is a real share of each request: llama-server logged ~240 prompt tokens/s
-against ~90 decode tokens/s at 2 threads, so ~1 s of a single stream's TTFT is the prompt.
+own server does on the same hardware. For each level N, every server is started (an idle one takes
+no CPU; `--no-interleave` starts them once for all levels), gets one warm-up request, then
+`--rounds` rounds of one burst per server, the servers' order rotated each round, so that a drift
+in the speed of this shared machine (the same burst was 25 % slower a few minutes later here) falls
+on all of them alike; the ratio table also gives each round's own ratio, whose spread is the noise
+left. A burst is N streaming chat completions sent at once: distinct prompts (a ~250-token request
+whose first words differ, so only the chat template's system preamble is shared and no prefix cache
+can serve a burst from one prefill; `--short-prompts`: ~65 tokens), temperature 0, the same
+`max_tokens`. On the 2-core machine this was written on, prefill is a real share of each request:
+llama-server logged ~240 prompt tokens/s against ~90 decode tokens/s at 2 threads, so ~1 s of a
+single stream's TTFT is the prompt.
 Measured as the client sees it:
 
 - aggregate tokens/s: completion tokens of every stream of the level / the bursts' wall time
@@ -260,33 +262,56 @@ async def burst(url: str, bodies: list[dict[str, Any]]) -> tuple[list[Stream], f
 
 
 def measure(
-    run: ServerRun,
-    url: str,
-    pid: int,
+    runs: dict[str, ServerRun],
+    servers: dict[str, tuple[str, int]],
     levels: list[int],
     rounds: int,
     requests: Requests,
 ) -> None:
-    """Warm-up, then every level's bursts against one running server."""
-    warm, _ = asyncio.run(burst(url, requests.take(1)))
-    if not warm[0].completed:
-        raise RuntimeError(f"the warm-up request failed: {warm[0].detail}")
-    with RssSampler({run.name: pid}) as rss:
+    """Warm-up of each server, then every level's bursts, alternating between the servers.
+
+    Round r sends one burst to each running server, in an order rotated by r: a drift in the
+    speed of this shared machine (seen here: the same burst 25 % slower a few minutes later)
+    then falls on every server alike instead of on whichever ran in the slow minutes. A server
+    that fails leaves the comparison; the others go on."""
+    live = dict(servers)
+    for name, (url, _) in list(live.items()):
+        warm, _ = asyncio.run(burst(url, requests.take(1)))
+        if not warm[0].completed:
+            runs[name].error = f"the warm-up request failed: {warm[0].detail}"
+            say(f"  {LABELS[name]} failed: {runs[name].error}")
+            del live[name]
+    with RssSampler({name: pid for name, (_, pid) in live.items()}) as rss:
         for n in levels:
-            level = Level(n)
-            for _ in range(rounds):
-                results, wall = asyncio.run(burst(url, requests.take(n)))
-                level.results += results
-                level.wall_s += wall
-                level.burst_tps.append(sum(r.tokens for r in results) / wall)
-            level.loadavg = os.getloadavg()
-            run.levels.append(level)
-            say(
-                f"  {LABELS[run.name]:17} {n:3d} streams: {level.tps:6.1f} tok/s, TTFT p50 "
-                f"{level.ttft(0.5):6.0f} ms, {level.completed}/{len(level.results)} completed, "
-                f"load {level.loadavg[0]:.2f}"
-            )
-    run.peak_rss_mib = max(run.peak_rss_mib, rss.peak[run.name] / 1024)
+            level = {name: Level(n) for name in live}
+            for r in range(rounds):
+                names = list(live)
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    try:
+                        results, wall = asyncio.run(burst(live[name][0], requests.take(n)))
+                    except Exception as exc:  # one broken server must not hide the others
+                        runs[name].error = f"{type(exc).__name__}: {str(exc)[:400]}"
+                        say(f"  {LABELS[name]} failed: {runs[name].error}")
+                        del live[name]
+                        continue
+                    lv = level[name]
+                    lv.results += results
+                    lv.wall_s += wall
+                    lv.burst_tps.append(sum(x.tokens for x in results) / wall)
+                if not live:
+                    return
+            for name in live:
+                lv = level[name]
+                lv.loadavg = os.getloadavg()
+                runs[name].levels.append(lv)
+                say(
+                    f"  {LABELS[name]:17} {n:3d} streams: {lv.tps:6.1f} tok/s, TTFT p50 "
+                    f"{lv.ttft(0.5):6.0f} ms, {lv.completed}/{len(lv.results)} completed, "
+                    f"load {lv.loadavg[0]:.2f}"
+                )
+    for name in servers:
+        if name in rss.peak:
+            runs[name].peak_rss_mib = max(runs[name].peak_rss_mib, rss.peak[name] / 1024)
 
 
 def say(message: str) -> None:
@@ -362,13 +387,18 @@ def print_tables(runs: list[ServerRun], levels: list[int], out: Callable[[str], 
         if node is None or other not in by_name:
             continue
         out(f"\nratios node / {LABELS[other]} (tok/s: higher is better; TTFT: lower is better)")
-        out(f"  {'streams':>7} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9}")
+        out(
+            f"  {'streams':>7} {'tok/s':>8} {'rounds min..max':>16} {'TTFT p50':>9} {'TTFT p95':>9}"
+        )
         for n in levels:
             a, b = node.level(n), by_name[other].level(n)
             if a is None or b is None:
                 continue
+            paired = [x / y for x, y in zip(a.burst_tps, b.burst_tps, strict=False) if y > 0]
+            spread = f"{min(paired):.2f}..{max(paired):.2f}x" if paired else "-"
             out(
-                f"  {n:7d} {fmt_ratio(a.tps, b.tps):>8} {fmt_ratio(a.ttft(0.5), b.ttft(0.5)):>9} "
+                f"  {n:7d} {fmt_ratio(a.tps, b.tps):>8} {spread:>16} "
+                f"{fmt_ratio(a.ttft(0.5), b.ttft(0.5)):>9} "
                 f"{fmt_ratio(a.ttft(0.95), b.ttft(0.95)):>9}"
             )
 
@@ -430,8 +460,7 @@ def main() -> None:
         "--no-interleave",
         dest="interleave",
         action="store_false",
-        help="run every level on one start of each server (default: per level, each server in "
-        "turn, restarted, so load changes on the shared machine fall on all alike)",
+        help="run every level on one start of the servers (default: restarted for each level)",
     )
     ap.add_argument(
         "--report", type=Path, help="measure nothing: print the tables and plot of a --json file"
@@ -516,23 +545,25 @@ def main() -> None:
             )
             runs[LLAMA_SERVER] = ServerRun(LLAMA_SERVER, command=launchers[LLAMA_SERVER][0])
 
-    # interleaved: every server in turn for one level, restarted, so a change in the machine's
-    # load falls on all of them alike; else each server runs all levels in one start
+    # every server up at once (an idle one takes no CPU), the bursts alternating between them;
+    # by default restarted for each level, so no level inherits another's cache or fragmentation
     passes = [[n] for n in levels] if args.interleave else [levels]
     requests = Requests(args.max_tokens, args.short_prompts)
+    for name, (command, _) in launchers.items():
+        say(f"{LABELS[name]}: {command}")
     for number, pass_levels in enumerate(passes):
-        for name, (command, launcher) in launchers.items():
-            run = runs[name]
-            if run.error:
-                continue
-            if number == 0:
-                say(f"{LABELS[name]}: {command}")
-            try:
-                with launcher(f"{name}-{number}") as (url, pid):
-                    measure(run, url, pid, pass_levels, args.rounds, requests)
-            except Exception as exc:  # one broken server must not hide the others' numbers
-                run.error = f"{type(exc).__name__}: {str(exc)[:400]}"
-                say(f"  {LABELS[name]} failed: {run.error}")
+        with contextlib.ExitStack() as stack:
+            up: dict[str, tuple[str, int]] = {}
+            for name, (_, launcher) in launchers.items():
+                if runs[name].error:
+                    continue
+                try:
+                    up[name] = stack.enter_context(launcher(f"{name}-{number}"))
+                except Exception as exc:  # one broken server must not hide the others' numbers
+                    runs[name].error = f"{type(exc).__name__}: {str(exc)[:400]}"
+                    say(f"  {LABELS[name]} failed: {runs[name].error}")
+            if up:
+                measure(runs, up, pass_levels, args.rounds, requests)
     ordered = sorted(runs.values(), key=lambda r: list(LABELS).index(r.name))
 
     end_load = os.getloadavg()
