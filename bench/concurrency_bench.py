@@ -261,6 +261,12 @@ async def burst(url: str, bodies: list[dict[str, Any]]) -> tuple[list[Stream], f
         return list(results), time.perf_counter() - started
 
 
+def drop(run: ServerRun, why: str | Exception) -> None:
+    """Takes a failed server out of the comparison, saying why."""
+    run.error = f"{type(why).__name__}: {str(why)[:400]}" if isinstance(why, Exception) else why
+    say(f"  {LABELS[run.name]} failed: {run.error}")
+
+
 def measure(
     runs: dict[str, ServerRun],
     servers: dict[str, tuple[str, int]],
@@ -278,8 +284,7 @@ def measure(
     for name, (url, _) in list(live.items()):
         warm, _ = asyncio.run(burst(url, requests.take(1)))
         if not warm[0].completed:
-            runs[name].error = f"the warm-up request failed: {warm[0].detail}"
-            say(f"  {LABELS[name]} failed: {runs[name].error}")
+            drop(runs[name], f"the warm-up request failed: {warm[0].detail}")
             del live[name]
     with RssSampler({name: pid for name, (_, pid) in live.items()}) as rss:
         for n in levels:
@@ -290,8 +295,7 @@ def measure(
                     try:
                         results, wall = asyncio.run(burst(live[name][0], requests.take(n)))
                     except Exception as exc:  # one broken server must not hide the others
-                        runs[name].error = f"{type(exc).__name__}: {str(exc)[:400]}"
-                        say(f"  {LABELS[name]} failed: {runs[name].error}")
+                        drop(runs[name], exc)
                         del live[name]
                         continue
                     lv = level[name]
@@ -560,8 +564,7 @@ def main() -> None:
                 try:
                     up[name] = stack.enter_context(launcher(f"{name}-{number}"))
                 except Exception as exc:  # one broken server must not hide the others' numbers
-                    runs[name].error = f"{type(exc).__name__}: {str(exc)[:400]}"
-                    say(f"  {LABELS[name]} failed: {runs[name].error}")
+                    drop(runs[name], exc)
             if up:
                 measure(runs, up, pass_levels, args.rounds, requests)
     ordered = sorted(runs.values(), key=lambda r: list(LABELS).index(r.name))
