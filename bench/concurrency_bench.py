@@ -10,13 +10,15 @@ own server does on the same hardware. For each level N, every server is started 
 no CPU; `--no-interleave` starts them once for all levels), gets one warm-up request, then
 `--rounds` rounds of one burst per server, the servers' order rotated each round, so that a drift
 in the speed of this shared machine (the same burst was 25 % slower a few minutes later here) falls
-on all of them alike; the ratio table also gives each round's own ratio, whose spread is the noise
-left. A burst is N streaming chat completions sent at once: distinct prompts (a ~250-token request
-whose first words differ, so only the chat template's system preamble is shared and no prefix cache
-can serve a burst from one prefill; `--short-prompts`: ~65 tokens), temperature 0, the same
-`max_tokens`. On the 2-core machine this was written on, prefill is a real share of each request:
-llama-server logged ~240 prompt tokens/s against ~90 decode tokens/s at 2 threads, so ~1 s of a
-single stream's TTFT is the prompt.
+on all of them alike (with 2 servers, an even number of rounds puts each first equally often); the
+ratio table also gives each round's own ratio, whose spread is the noise left. A burst is N
+streaming chat completions sent at once: distinct prompts (a ~250-token request whose first words
+differ, so only the chat template's system preamble is shared and no prefix cache can serve a burst
+from one prefill; `--short-prompts`: ~65 tokens), temperature 0, the same `max_tokens`. Within a
+round every server gets the same burst, so each round's ratio compares the same work. On the
+2-core machine this was written on, prefill is a real share of each request: llama-server logged
+~240 prompt tokens/s against ~90 decode tokens/s at 2 threads, so ~1 s of a single stream's TTFT
+is the prompt.
 Measured as the client sees it:
 
 - aggregate tokens/s: completion tokens of every stream of the level / the bursts' wall time
@@ -232,7 +234,7 @@ async def one_stream(http: httpx.AsyncClient, url: str, body: dict[str, Any]) ->
 
 
 class Requests:
-    """Hands out request bodies; no prompt is sent twice in one run."""
+    """Hands out request bodies; no prompt is handed out twice in one run."""
 
     def __init__(self, max_tokens: int, short: bool = False) -> None:
         self.max_tokens, self.short, self.next = max_tokens, short, 0
@@ -276,13 +278,17 @@ def measure(
 ) -> None:
     """Warm-up of each server, then every level's bursts, alternating between the servers.
 
-    Round r sends one burst to each running server, in an order rotated by r: a drift in the
-    speed of this shared machine (seen here: the same burst 25 % slower a few minutes later)
-    then falls on every server alike instead of on whichever ran in the slow minutes. A server
-    that fails leaves the comparison; the others go on."""
+    Round r sends the same burst (the same prompts) to each running server, in an order rotated
+    by r: a drift in the speed of this shared machine (seen here: the same burst 25 % slower a
+    few minutes later) then falls on every server alike instead of on whichever ran in the slow
+    minutes, and every server does the same work (with a prompt set of its own, a server whose
+    answers happened to end early at EOS looked faster). Each server still sees each prompt
+    once: none finds it in its prefix cache. A server that fails leaves the comparison; the
+    others go on."""
     live = dict(servers)
+    warm_up = requests.take(1)
     for name, (url, _) in list(live.items()):
-        warm, _ = asyncio.run(burst(url, requests.take(1)))
+        warm, _ = asyncio.run(burst(url, warm_up))
         if not warm[0].completed:
             drop(runs[name], f"the warm-up request failed: {warm[0].detail}")
             del live[name]
@@ -290,10 +296,10 @@ def measure(
         for n in levels:
             level = {name: Level(n) for name in live}
             for r in range(rounds):
-                names = list(live)
+                names, bodies = list(live), requests.take(n)
                 for name in names[r % len(names) :] + names[: r % len(names)]:
                     try:
-                        results, wall = asyncio.run(burst(live[name][0], requests.take(n)))
+                        results, wall = asyncio.run(burst(live[name][0], bodies))
                     except Exception as exc:  # one broken server must not hide the others
                         drop(runs[name], exc)
                         del live[name]
