@@ -102,6 +102,30 @@ def test_ties_go_next_to_a_busy_slot_then_to_the_least_recently_used() -> None:
     assert p is not None and p.slot is slots[1] and p.reuse == 2  # a prefix beats both
 
 
+def test_a_prefix_away_from_the_busy_slots_is_copied_next_to_them() -> None:
+    """A slot away from the busy ones would add a graph to every decode step of the answer;
+    copying its prefix next to them costs one memory copy."""
+    prompt = list(range(40))
+    slots = _slots([], [], [], prompt[:30], busy=(0,))
+    p = place(slots, prompt)
+    assert p is not None and p.slot is slots[1] and p.donor is slots[3] and p.reuse == 30
+    # a prefix shorter than MIN_COPY is not worth a copy: evaluated again, next to the busy slot
+    slots = _slots([], [], [], prompt[: MIN_COPY - 1], busy=(0,))
+    p = place(slots, prompt)
+    assert p is not None and p.slot is slots[1] and p.donor is None and p.reuse == 0
+    # with nothing busy there is no graph to add: the slot holding the prefix takes it
+    slots = _slots([], [], [], prompt[:30])
+    p = place(slots, prompt)
+    assert p is not None and p.slot is slots[3] and p.donor is None and p.reuse == 30
+
+
+def test_a_slot_that_joins_two_runs_of_busy_slots_comes_first() -> None:
+    slots = _slots([9], [8], [7], [6], [5], busy=(0, 2))
+    slots[1].last_used, slots[3].last_used = 9.0, 0.0  # slot 3 is older but only extends a run
+    p = place(slots, [1, 2, 3])
+    assert p is not None and p.slot is slots[1]  # slots 0-2 become one graph
+
+
 def test_a_copy_must_save_min_copy_tokens() -> None:
     """One KV stream per slot: a copy moves a whole stream, worth it only for a long prefix."""
     prompt = list(range(100))

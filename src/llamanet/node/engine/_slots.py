@@ -2,18 +2,22 @@
 evaluated somewhere.
 
 Each slot is one llama.cpp sequence id. A slot remembers the tokens whose KV it holds, also after
-its request ended, so the next turn of a chat finds its history there. A new prompt goes to the
-free slot holding its longest common prefix; on ties, one next to a busy slot, then the least
-recently used (the slot whose cache is least likely to be wanted again). Next to a busy slot:
-llama.cpp evaluates a batch over per-slot KV streams as one graph per run of consecutive
-seq_ids, and each graph has a fixed cost (a decode step of 4 sequences took 56 ms on slots 0-3,
-75 ms on slots 0, 2, 4, 6 on this 2-core machine), so busy slots are best kept side by side.
-When *another* slot, busy or idle, holds a longer prefix by at least `MIN_COPY` tokens, that
-prefix is copied into the chosen slot (`llama_memory_seq_cp`), so a system prompt many users
+its request ended, so the next turn of a chat finds its history there.
+
+A new prompt goes first to a free slot next to the busy ones: llama.cpp evaluates a batch over
+per-slot KV streams as one graph per run of consecutive seq_ids, and each graph has a fixed cost
+(on this 2-core machine a decode step of 2 sequences took 31-34 ms on slots 0-1 and 35-49 ms on
+slots 0 and 5; of 8 sequences, 77-93 ms on slots 0-7 against 99-105 ms for 7 with a gap), paid
+on every step of the answer. Among those, the slot holding the prompt's longest common prefix,
+then the least recently used (the slot whose cache is least likely to be wanted again). When
+*another* slot, busy or idle, holds a longer prefix by at least `MIN_COPY` tokens, that prefix is
+copied into the chosen slot (`llama_memory_seq_cp`): so the next turn of a chat whose history
+sits in a slot away from the busy ones is copied next to them, and a system prompt many users
 share, or the same prompt sent by many clients, is evaluated once. The threshold is there
 because the KV is one stream per slot: a copy moves the donor's whole stream (all n_ctx cells,
 ~47 MB for the default model at n_ctx 2048, a memory copy of a few ms), about what evaluating a
-couple of prompt tokens costs here. Pure logic: the KV operations are the caller's.
+couple of prompt tokens costs here, and far less than a graph more on every step of an answer.
+Pure logic: the KV operations are the caller's.
 """
 
 from __future__ import annotations
@@ -60,28 +64,21 @@ def place(
     if not free:
         return None
     busy = {s.seq_id for s in slots if s.busy}
-
-    def next_to_busy(slot: Slot) -> bool:
-        return slot.seq_id - 1 in busy or slot.seq_id + 1 in busy
-
     limit = max(len(prompt) - 1, 0)
-    best = max(
-        free,
-        key=lambda s: (min(common_prefix(s.tokens, prompt), limit), next_to_busy(s), -s.last_used),
-    )
-    own = min(common_prefix(best.tokens, prompt), limit)
-    donor, shared = None, own
-    for slot in slots:
-        if slot is best:
-            continue
-        n = min(common_prefix(slot.tokens, prompt), limit)
-        if n >= own + min_copy and n > shared:
-            donor, shared = slot, n
-    if donor is not None:  # a busy slot holds more (a free one cannot: `best` has the most)
-        # its own cache is dropped: the oldest (next to a busy slot first, as above)
-        target = min(free, key=lambda s: (not next_to_busy(s), s.last_used))
-        return Placement(slot=target, reuse=shared, donor=donor)
-    return Placement(slot=best, reuse=own, donor=None)
+    prefixes = {s.seq_id: min(common_prefix(s.tokens, prompt), limit) for s in slots}
+
+    def held(slot: Slot) -> int:
+        return prefixes[slot.seq_id]
+
+    def new_runs(slot: Slot) -> int:  # runs of consecutive busy seq_ids it adds (-1: joins two)
+        return 1 - (slot.seq_id - 1 in busy) - (slot.seq_id + 1 in busy)
+
+    target = min(free, key=lambda s: (new_runs(s), -held(s), s.last_used))
+    own = held(target)
+    donor = max((s for s in slots if s is not target), key=held, default=None)
+    if donor is not None and held(donor) >= own + min_copy:
+        return Placement(slot=target, reuse=held(donor), donor=donor)
+    return Placement(slot=target, reuse=own, donor=None)
 
 
 def pending_share(
