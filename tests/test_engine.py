@@ -31,6 +31,7 @@ from llamanet.node.engine import (
     QueueFull,
     SamplingParams,
 )
+from llamanet.node.engine._scheduler import Scheduler
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="session")]
 
@@ -689,6 +690,43 @@ async def test_a_long_prompt_does_not_stall_running_streams(long_engine: LlamaEn
         assert max(gaps) <= 2, gaps  # at most one step without a token
         all_gaps = [b - a for a, b in itertools.pairwise(steps)]
         assert max(all_gaps) <= 2, all_gaps
+
+
+async def test_prompts_arriving_together_go_in_whole(
+    engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a stream runs, a step evaluates up to 256 prompt tokens. Three ~140-token prompts
+    arriving together: the second does not fit what the first leaves, and splitting it to fill
+    that would cost a chunk (a graph) more, so each prompt goes in whole, one step each."""
+    chunks: list[tuple[Job, int]] = []
+    original = Scheduler._decode
+
+    def traced(self: Scheduler, n: int, seqs: list[Any]) -> bool:
+        if len(seqs) == 1 and n > 1:  # a prompt chunk (generating tokens go one per sequence)
+            chunks.append((seqs[0].job, n))
+        return original(self, n, seqs)
+
+    monkeypatch.setattr(Scheduler, "_decode", traced)
+    no_end = tuple((t, float("-inf")) for t in range(engine.n_vocab) if engine.is_eog(t))
+    running = engine.submit(
+        await engine.tokenize(prompt=PROMPTS[0]),
+        SamplingParams(temperature=0.0, max_tokens=120, logit_bias=no_end),
+    )
+    first = asyncio.Event()
+    stream = asyncio.create_task(consume(engine, running, started=first))
+    await first.wait()
+    sentence = " the quick brown fox jumps over the lazy dog near the river bank."
+    prompts = [await engine.tokenize(prompt=name + sentence * 10) for name in ("Ada", "Bo", "Cy")]
+    assert all(130 <= len(p) <= 200 for p in prompts), [len(p) for p in prompts]
+    jobs = [engine.submit(p, SamplingParams(temperature=0.0, max_tokens=4)) for p in prompts]
+    results = await asyncio.gather(*(consume(engine, j) for j in jobs))
+    for job, seen, prompt in zip(jobs, results, prompts, strict=True):
+        check_usage(seen, len(prompt))
+        assert len([n for j, n in chunks if j is job]) == 1, [
+            (j.prompt_tokens[:2], n) for j, n in chunks
+        ]
+    assert (await stream).result is not None
+    await wait_idle(engine)
 
 
 @pytest.mark.timeout(45)
