@@ -69,13 +69,13 @@ def test_at_least_one_prompt_token_is_left_to_evaluate() -> None:
     assert p is not None and p.reuse == 0
 
 
-def test_a_busy_slot_with_a_longer_prefix_donates_to_the_oldest_free_slot() -> None:
+def test_a_busy_slot_with_a_longer_prefix_donates_to_a_free_slot_next_to_it() -> None:
     slots = _slots([6], [1, 2, 3, 4, 5], [1, 2], busy=(1,))  # both free slots are next to it
     slots[0].last_used, slots[2].last_used = 10.0, 2.0
     p = place(slots, [1, 2, 3, 4, 9], min_copy=1)
     assert p is not None
     assert p.donor is slots[1] and p.reuse == 4
-    assert p.slot is slots[2]  # the oldest free slot; its own 2 tokens are worth less
+    assert p.slot is slots[2]  # both are next to it; slot 2 holds 2 of the tokens itself
     assert not p.slot.busy
 
 
@@ -99,7 +99,7 @@ def test_ties_go_next_to_a_busy_slot_then_to_the_least_recently_used() -> None:
     assert p is not None and p.slot is slots[4]  # next to 3, and older than slot 1
     slots[1].tokens = [1, 2, 9]
     p = place(slots, [1, 2, 3])
-    assert p is not None and p.slot is slots[1] and p.reuse == 2  # a prefix beats both
+    assert p is not None and p.slot is slots[1] and p.reuse == 2  # next to 2: the prefix wins
 
 
 def test_a_prefix_away_from_the_busy_slots_is_copied_next_to_them() -> None:

@@ -58,8 +58,9 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 def place(
     slots: Sequence[Slot], prompt: Sequence[int], *, min_copy: int = MIN_COPY
 ) -> Placement | None:
-    """Where `prompt` goes; None when no slot is free. At least one prompt token is always left
-    to evaluate: its logits give the first generated token."""
+    """Where `prompt` goes (the module docstring says in what order); None when no slot is
+    free. At least one prompt token is always left to evaluate: its logits give the first
+    generated token."""
     free = [s for s in slots if not s.busy]
     if not free:
         return None
