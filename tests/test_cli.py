@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,38 @@ def test_demo_once_streams_an_answer_from_a_two_node_swarm(model_path: Path) -> 
     answer = run.stdout.split("swarm>", 1)[1].split("(node", 1)[0].strip()
     assert answer
     assert "OpenAI base URL" in run.stdout and "swarm stopped" in run.stdout
+
+
+@pytest.mark.timeout(300)
+def test_demo_stopped_by_sigterm_stops_its_nodes(model_path: Path, tmp_path: Path) -> None:
+    """`kill <demo>` (or a closed terminal) ends the demo as Ctrl-C does: its nodes stop too."""
+    log = tmp_path / "demo.out"
+    with log.open("w") as sink:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "llamanet", "demo", "--model", str(model_path)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200"},
+            text=True,
+        )
+        try:
+            for _ in range(480):
+                if "Ctrl-C stops it" in log.read_text() or demo.poll() is not None:
+                    break
+                time.sleep(0.5)
+            out = log.read_text()
+            assert "Ctrl-C stops it" in out, out
+            urls = re.findall(r"node \d up at (http://\S+)", out)
+            assert len(urls) == 2, out
+            demo.send_signal(signal.SIGTERM)
+            demo.wait(60)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+    assert "swarm stopped" in log.read_text()
+    for url in urls:
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/health", timeout=5)
 
 
 def test_status_json_lists_both_nodes(start_node: Any) -> None:

@@ -208,6 +208,8 @@ def run_demo(
     out.print(f"[bold]LlamaNet demo[/bold]: a {count}-node swarm on {model.name}")
     # the nodes share this machine: split its cores so they never oversubscribe it
     threads = str(max(1, (os.cpu_count() or 1) // count))
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # `kill`, a closed terminal: stop like Ctrl-C
+        signal.signal(sig, _interrupt)
     nodes = start_demo_swarm(model, count, base, out, ["--n-threads", threads])
     try:
         out.print(f"\n[bold]you>[/bold] {question}\n[bold]swarm>[/bold] ", end="")
@@ -242,6 +244,14 @@ def run_demo(
             out.print("[red]a node exited; stopping the demo[/red]")
         return 0
     finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the cleanup
+            signal.signal(sig, signal.SIG_IGN)
         with out.status("stopping the swarm ..."):
             stop_all(nodes)
         out.print("swarm stopped")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """A SIGTERM or SIGHUP to the demo ends it as Ctrl-C does: without this the demo died at
+    once and left its node processes running."""
+    raise KeyboardInterrupt
