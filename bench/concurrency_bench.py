@@ -65,7 +65,12 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from _common import free_port, start_server  # noqa: E402
+from _common import (  # noqa: E402
+    free_port,
+    llama_cpp_server_command,
+    llama_server_weight_args,
+    start_server,
+)
 from _llama_server import LlamaServerUnavailable, ensure_llama_server  # noqa: E402
 from load_test import RssSampler  # noqa: E402
 
@@ -523,7 +528,8 @@ def main() -> None:
             shlex.join(["python", "-m", "llama_cpp.server", *cpp_args]),
             lambda tag: process_server(
                 lambda port: [
-                    *(sys.executable, "-m", "llama_cpp.server", "--model", str(model)),
+                    *llama_cpp_server_command(sys.executable),
+                    *("--model", str(model)),
                     *("--port", str(port), *cpp_args),
                 ],
                 tmp / f"{tag}.log",
@@ -541,6 +547,7 @@ def main() -> None:
             ls_args = [
                 *("-a", "bench", "-np", str(args.parallel), "-t", t, "-tb", t),
                 *("-c", str(args.parallel * args.n_ctx), "--no-webui"),
+                *llama_server_weight_args(),
             ]
             launchers[LLAMA_SERVER] = (
                 shlex.join(["llama-server", *ls_args]),

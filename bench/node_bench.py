@@ -27,7 +27,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from _common import PROMPT, Run, free_port, http_run, start_server, summarise  # noqa: E402
+from _common import (  # noqa: E402
+    PROMPT,
+    Run,
+    free_port,
+    http_run,
+    llama_cpp_server_command,
+    start_server,
+    summarise,
+    use_node_weights,
+)
 
 from llamanet.node.config import default_home  # noqa: E402
 from llamanet.node.model_store import resolve_model  # noqa: E402
@@ -108,9 +117,7 @@ def main() -> None:
     )
     peer = start_server(
         [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
+            *llama_cpp_server_command(sys.executable),
             "--model",
             str(model),
             "--model_alias",
@@ -130,6 +137,7 @@ def main() -> None:
     try:
         from llama_cpp import Llama
 
+        use_node_weights()
         llm = Llama(model_path=str(model), n_ctx=args.n_ctx, n_threads=args.threads, verbose=False)
         runners = {
             "a raw llama_cpp": lambda: raw_run(llm, args.tokens),

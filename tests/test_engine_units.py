@@ -1,6 +1,6 @@
 """The engine's pure logic without a model: slot placement (prefix reuse, sharing a prefix held by
-another slot, waiting for one being prefilled), held-back stop-sequence matching and the worker's
-outbox to the event loop."""
+another slot, waiting for one being prefilled), held-back stop-sequence matching, the worker's
+outbox to the event loop and the model parameters chosen for this CPU."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from llamanet.node.engine import StopMatcher
+from llamanet.node.engine import StopMatcher, _model
 from llamanet.node.engine._job import Outbox
 from llamanet.node.engine._slots import MIN_COPY, Slot, common_prefix, pending_share, place
 
@@ -315,3 +315,27 @@ def test_a_closed_loop_is_skipped_at_shutdown() -> None:
     outbox = Outbox()
     outbox.post(loop, print, "never")
     outbox.flush()  # no RuntimeError out of the worker
+
+
+# ---------------------------------------------------------------- model parameters
+
+
+AMX_INFO = b"CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | OPENMP = 1 | REPACK = 1 | "
+NO_AMX_INFO = b"CPU : SSE3 = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | OPENMP = 1 | REPACK = 1 | "
+
+
+def test_extra_buffers_are_off_where_llama_cpp_runs_amx_kernels() -> None:
+    assert not _model.extra_buffers_safe(AMX_INFO)
+    assert _model.extra_buffers_safe(NO_AMX_INFO)
+
+
+@pytest.mark.parametrize(("info", "extra"), [(AMX_INFO, False), (NO_AMX_INFO, True)])
+def test_model_params_follow_this_builds_cpu_features(
+    monkeypatch: pytest.MonkeyPatch, info: bytes, extra: bool
+) -> None:
+    monkeypatch.setattr(_model.C, "llama_print_system_info", lambda: info)
+    params = _model.model_params()
+    assert params.use_extra_bufts is extra
+    assert params.n_gpu_layers == 0
+    assert _model.model_params(-1).n_gpu_layers == 0x7FFFFFFF  # every layer
+    assert _model.model_params(12).n_gpu_layers == 12

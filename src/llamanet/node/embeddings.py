@@ -40,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from llamanet.node.engine import EngineClosed, QueueFull
+from llamanet.node.engine import EngineClosed, QueueFull, load_model
 
 __all__ = [
     "BATCH_TOKENS",
@@ -380,13 +380,8 @@ class EmbeddingService:
         import llama_cpp
         from llama_cpp import _internals
 
-        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # as Llama(verbose=False)
         try:
-            self._model = _internals.LlamaModel(
-                path_model=str(self.model_path),
-                params=llama_cpp.llama_model_default_params(),
-                verbose=False,
-            )
+            self._model = load_model(self.model_path)
             params = llama_cpp.llama_context_default_params()
             params.n_ctx = self.n_ctx + self.batch_tokens  # the open input plus one chunk
             params.n_batch = params.n_ubatch = self.batch_tokens

@@ -2,8 +2,8 @@
 
 Requests are admitted synchronously on the event loop (a full queue becomes an HTTP 503, a
 prompt that cannot fit a 400, before any response starts); the `Scheduler` on the worker thread
-runs them `parallel` at a time in one llama context (see `_scheduler.py`). The `Llama` object
-serves tokenization, the chat template and metadata only; its own context is tiny.
+runs them `parallel` at a time in one llama context (see `_scheduler.py`). The model object
+(`_model.py`) serves the weights, tokenization, the chat template and metadata.
 
 Memory: the KV cache holds `parallel x n_ctx` tokens, one stream of `n_ctx` per slot; it is
 logged at start. One stream per slot rather than one unified buffer: in a unified buffer a
@@ -28,6 +28,7 @@ from typing import Any
 from llama_cpp import llama_cpp as C
 
 from llamanet.node.engine._job import Done, Failed, Job
+from llamanet.node.engine._model import load_model
 from llamanet.node.engine._scheduler import Scheduler
 from llamanet.node.engine._types import (
     ContextLengthExceeded,
@@ -75,7 +76,7 @@ class LlamaEngine:
 
     def __init__(
         self,
-        llm: Any,
+        model: Any,
         *,
         model_path: Path,
         model_id: str,
@@ -88,21 +89,20 @@ class LlamaEngine:
     ) -> None:
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
-        self.llm = llm
+        self.model = model  # a llama_cpp._internals.LlamaModel
         self.model_path = model_path
         self.model_id = model_id
         self.n_ctx = n_ctx  # per slot
         self.parallel = parallel
         self.queue_size = queue_size
         self.n_gpu_layers = n_gpu_layers
-        self.metadata: dict[str, str] = dict(llm.metadata)
+        self.metadata: dict[str, str] = model.metadata()
         self.stats = EngineStats()
         self._closed = False
         self._chat_template = self._make_chat_formatter()
-        model = llm._model.model
-        self._vocab = C.llama_model_get_vocab(model)
+        self._vocab = model.vocab
         self.n_vocab: int = C.llama_vocab_n_tokens(self._vocab)
-        self._ctx = self._make_context(model, n_threads, n_batch)
+        self._ctx = self._make_context(model.model, n_threads, n_batch)
         self._window: list[float] = [time.perf_counter(), 0.0, 0]  # last step, busy s, tokens
         self._scheduler = Scheduler(
             ctx=self._ctx,
@@ -139,24 +139,10 @@ class LlamaEngine:
         threads = n_threads or os.cpu_count() or 1
         gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
 
-        def _load() -> Any:
-            from llama_cpp import Llama
-
-            # the Llama object's own context only tokenizes: keep its KV cache tiny
-            return Llama(
-                model_path=str(model_path),
-                n_ctx=64,
-                n_batch=64,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_gpu_layers=gpu_layers,
-                verbose=False,
-            )
-
-        llm = await asyncio.to_thread(_load)
+        model = await asyncio.to_thread(load_model, model_path, n_gpu_layers=gpu_layers)
         return await asyncio.to_thread(
             cls,
-            llm,
+            model,
             model_path=model_path,
             model_id=model_id,
             n_ctx=n_ctx,
@@ -200,19 +186,19 @@ class LlamaEngine:
         template = self.metadata.get("tokenizer.chat_template") or _FALLBACK_CHAT_TEMPLATE
         return Jinja2ChatFormatter(
             template=template,
-            eos_token=self._piece(self.llm.token_eos()),
-            bos_token=self._piece(self.llm.token_bos()),
+            eos_token=self._piece(self.model.token_eos()),
+            bos_token=self._piece(self.model.token_bos()),
             add_generation_prompt=True,
         )
 
     def _piece(self, token: int) -> str:
         if token < 0:
             return ""
-        data: bytes = self.llm.detokenize([token], special=True)
+        data: bytes = self.model.detokenize([token], special=True)
         return data.decode("utf-8", errors="ignore")
 
     def _piece_bytes(self, token: int) -> bytes:
-        data: bytes = self.llm.detokenize([token])
+        data: bytes = self.model.detokenize([token])
         return data
 
     # ------------------------------------------------------------------ public state
@@ -252,11 +238,11 @@ class LlamaEngine:
         return bool(C.llama_vocab_is_eog(self._vocab, token))
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        data: bytes = self.llm.detokenize(list(tokens))
+        data: bytes = self.model.detokenize(list(tokens))
         return data.decode("utf-8", errors="replace")
 
     def _tokenize_prompt(self, prompt: str) -> list[int]:
-        tokens: list[int] = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        tokens: list[int] = self.model.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         return tokens
 
     async def tokenize(
