@@ -2,17 +2,22 @@
 
     python bench/load_test.py [--clients 64] [--requests 3] [--max-tokens 24] [--queue-size 8]
 
-(a) one node; (b) two model nodes A and B behind a `--no-model` gateway G, the clients all
-talking to G. Every client streams `--requests` chat completions one after the other (a 503 is
-recorded, then it waits `min(Retry-After, --retry-cap)`, 5 s by default). Loopback only; it
-stops by itself.
+(0) the baseline: one node with `--parallel 1`, one request at a time as the engine ran before
+continuous batching (the same queue); (a) one node with its default slots; (b) two model nodes A
+and B behind a `--no-model` gateway G, the clients all talking to G. Every client streams
+`--requests` chat completions one after the other (a 503 is recorded, then it waits
+`min(Retry-After, --retry-cap)`, 5 s by default). Loopback only; it stops by itself.
 
 Each request ends as exactly one of: completed (a `finish_reason`, then `[DONE]`), 503 with
 Retry-After, another failure (any other status, an error event, a transport error), or a
 *silent truncation*: a 200 stream that ended with neither a `finish_reason` nor an error event
 (the target is zero). The table also gives TTFT percentiles of the completed requests, the
 model nodes' RSS (VmRSS) before, at peak and after, and whether every node was idle
-(active 0, queued 0) and healthy afterwards.
+(active 0, queued 0) and healthy afterwards, and the completions of (a) and (b) over (0).
+
+With clients that send their next request the moment one ends, completions follow the node's
+capacity (slots + queue) more than its speed: the first clients in keep every place, and the
+others come back after Retry-After to find it full again.
 """
 
 from __future__ import annotations
@@ -288,18 +293,22 @@ def main() -> None:
     )
     start_load = os.getloadavg()
 
-    single = launch_node([*common, "--n-threads", "2"], tmp / "single")
-    try:
-        one = run_scenario(
-            single.url,
-            {"node": single},
-            clients=args.clients,
-            requests=args.requests,
-            max_tokens=args.max_tokens,
-            retry_cap=args.retry_cap,
-        )
-    finally:
-        single.stop()
+    def one_node(extra: list[str], tag: str) -> LoadResult:
+        node = launch_node([*common, "--n-threads", "2", *extra], tmp / tag)
+        try:
+            return run_scenario(
+                node.url,
+                {"node": node},
+                clients=args.clients,
+                requests=args.requests,
+                max_tokens=args.max_tokens,
+                retry_cap=args.retry_cap,
+            )
+        finally:
+            node.stop()
+
+    baseline = one_node(["--parallel", "1"], "baseline")
+    one = one_node([], "single")
 
     a = launch_node([*common, "--n-threads", "1"], tmp / "a")
     b = g = None
@@ -330,22 +339,28 @@ def main() -> None:
             if node is not None:
                 node.stop()
 
-    print_table("(a) one node", one)
+    print_table("(0) baseline: one node, --parallel 1 (one request at a time)", baseline)
+    print_table("(a) one node, default --parallel", one)
     print_table("(b) 2-node swarm (A, B) through a --no-model gateway", swarm)
     print(f"  {'completed by A / B':34} {served['A']:>8} / {served['B']}")
-    total = len(one.outcomes) + len(swarm.outcomes)
-    bad = sum(r.count(TRUNCATED) for r in (one, swarm))
+    runs = (baseline, one, swarm)
+    bad = sum(r.count(TRUNCATED) for r in runs)
     print(
-        f"\ntotal: {total} requests, {bad} silent truncations, "
-        f"{sum(r.count(FAILED) for r in (one, swarm))} other failures; completed through the "
-        f"swarm / one node: {swarm.count(COMPLETED) / max(1, one.count(COMPLETED)):.2f}x"
+        f"\ntotal: {sum(len(r.outcomes) for r in runs)} requests, {bad} silent truncations, "
+        f"{sum(r.count(FAILED) for r in runs)} other failures"
+    )
+    base = max(1, baseline.count(COMPLETED))
+    print(
+        f"completed over the baseline (0): one node {one.count(COMPLETED) / base:.2f}x, "
+        f"the swarm {swarm.count(COMPLETED) / base:.2f}x; the swarm over one node "
+        f"{swarm.count(COMPLETED) / max(1, one.count(COMPLETED)):.2f}x"
     )
     end_load = os.getloadavg()
     print(
         f"load average (1/5/15 min): start {' '.join(f'{x:.2f}' for x in start_load)}, "
         f"end {' '.join(f'{x:.2f}' for x in end_load)} on {os.cpu_count()} cores"
     )
-    ok = bad == 0 and all(all(r.idle_after.values()) for r in (one, swarm))
+    ok = bad == 0 and all(all(r.idle_after.values()) for r in runs)
     sys.exit(0 if ok else 1)
 
 
