@@ -252,6 +252,9 @@ class FakeEngine:
                 return item
         raise GenerationFailed("generation ended without a result")
 
+    def begin_close(self) -> None:
+        self.closed = True
+
     async def close(self) -> None:
         self.closed = True
 

@@ -106,6 +106,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+SHUTDOWN_GRACE = 5  # seconds uvicorn waits for open requests at a shutdown
+DRAIN_GRACE = 4.0  # of which running generations may use this many, then they are ended
+
+
 def serve_node(settings: NodeSettings) -> None:
     """Runs one node until Ctrl-C / SIGTERM (uvicorn handles both and shuts down cleanly)."""
     import uvicorn
@@ -116,6 +120,18 @@ def serve_node(settings: NodeSettings) -> None:
     sock = bind_socket(settings.host, settings.port)
     settings.port = sock.getsockname()[1]
     node = LlamaNetNode(settings)
+
+    class NodeServer(uvicorn.Server):
+        """uvicorn's server; its shutdown first drains the node (`LlamaNetNode.drain`), so the
+        requests still generating when uvicorn stops waiting end with an error, not a cut."""
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            drain = asyncio.create_task(node.drain(DRAIN_GRACE))
+            try:
+                await super().shutdown(sockets)
+            finally:
+                drain.cancel()
+
     log = logging.getLogger("llamanet.ready")
     log.info(
         "node %s listening on http://%s:%d (OpenAI base URL http://%s:%d/v1)",
@@ -129,11 +145,11 @@ def serve_node(settings: NodeSettings) -> None:
         create_app(node),
         log_config=None,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
         access_log=False,
         http="h11",  # h11 refuses a request head over 16 KiB; httptools buffers it without limit
     )
-    server = uvicorn.Server(config)
+    server = NodeServer(config)
     try:
         server.run(sockets=[sock])  # on uvloop when installed (uvicorn[standard])
     except KeyboardInterrupt:

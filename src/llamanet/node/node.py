@@ -167,6 +167,27 @@ class LlamaNetNode:
         )
         await self._presence.start()
 
+    async def drain(self, grace: float) -> None:
+        """The start of a shutdown: requests running or queued get `grace` seconds to finish,
+        then the engine ends the rest, each with a `shutting_down` error (an SSE error event
+        once a stream has started; a 503 before), so a client or the swarm's resume knows why
+        and none is cut off mid-stream."""
+        engine = self.engine
+        if engine is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        busy = engine.stats.active + engine.stats.queued
+        if busy:
+            log.info("shutting down: %d requests get %g s to finish", busy, grace)
+        # polled: the counters change in several job hooks, and this runs once, for `grace` s
+        while engine.stats.active + engine.stats.queued and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        left = engine.stats.active + engine.stats.queued
+        if left:
+            log.info("shutting down: ending %d unfinished requests", left)
+        engine.begin_close()
+
     async def stop(self) -> None:
         if self.gateway is not None:
             await self.gateway.close()

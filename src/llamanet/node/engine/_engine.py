@@ -327,16 +327,22 @@ class LlamaEngine:
                 return item
         raise GenerationFailed("generation ended without a result")  # pragma: no cover
 
+    def begin_close(self) -> None:
+        """Stops accepting work; the worker fails what is queued or running (`EngineClosed`)
+        within one step and ends."""
+        if not self._closed:
+            self._closed = True
+            self._scheduler.inbox.put(None)
+
     async def close(self) -> None:
-        """Stops accepting work, fails what is queued or running, joins the worker, frees the
-        context."""
-        if self._closed:
+        """`begin_close`, then joins the worker and frees the context."""
+        self.begin_close()
+        if self._ctx is None:
             return
-        self._closed = True
-        self._scheduler.inbox.put(None)
         await asyncio.to_thread(self._worker.join, 10.0)
-        if not self._worker.is_alive():
+        if not self._worker.is_alive() and self._ctx is not None:
             C.llama_free(self._ctx)
+            self._ctx = None
 
     # ------------------------------------------------------------------ job hooks (event loop)
 

@@ -389,5 +389,8 @@ class Scheduler:
             self._release(seq)
         C.llama_memory_seq_rm(self.mem, seq.slot.seq_id, -1, -1)
         seq.slot.tokens = []
-        log.error("generation failed: %s", error)
+        if isinstance(error, EngineClosed):  # a shutdown: the node logs why
+            log.info("generation ended: %s", error)
+        else:
+            log.error("generation failed: %s", error)
         seq.job.fail(error)
