@@ -57,5 +57,5 @@ def test_sigterm_ends_open_streams_with_a_shutting_down_error(
         assert error.code == "shutting_down", error
     node.proc.wait(30)
     log = node.log()
-    assert "shutting down: ending 2 unfinished requests" in log
+    assert "shutting down: ending 2 unfinished request(s)" in log
     assert "Traceback" not in log

@@ -179,13 +179,13 @@ class LlamaNetNode:
         deadline = loop.time() + grace
         busy = engine.stats.active + engine.stats.queued
         if busy:
-            log.info("shutting down: %d requests get %g s to finish", busy, grace)
+            log.info("shutting down: %d request(s) get %g s to finish", busy, grace)
         # polled: the counters change in several job hooks, and this runs once, for `grace` s
         while engine.stats.active + engine.stats.queued and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         left = engine.stats.active + engine.stats.queued
         if left:
-            log.info("shutting down: ending %d unfinished requests", left)
+            log.info("shutting down: ending %d unfinished request(s)", left)
         engine.begin_close()
 
     async def stop(self) -> None:
