@@ -107,7 +107,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 SHUTDOWN_GRACE = 5  # seconds uvicorn waits for open requests at a shutdown
-DRAIN_GRACE = 4.0  # of which running generations may use this many, then they are ended
+DRAIN_GRACE = SHUTDOWN_GRACE - 1.0  # generations may use this much, then they are ended (the
+# last second is for their error events to go out)
 
 
 def serve_node(settings: NodeSettings) -> None:

@@ -177,15 +177,13 @@ class LlamaNetNode:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        busy = engine.stats.active + engine.stats.queued
-        if busy:
-            log.info("shutting down: %d request(s) get %g s to finish", busy, grace)
+        if engine.stats.held:
+            log.info("shutting down: %d request(s) get %g s to finish", engine.stats.held, grace)
         # polled: the counters change in several job hooks, and this runs once, for `grace` s
-        while engine.stats.active + engine.stats.queued and loop.time() < deadline:  # noqa: ASYNC110
+        while engine.stats.held and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        left = engine.stats.active + engine.stats.queued
-        if left:
-            log.info("shutting down: ending %d unfinished request(s)", left)
+        if engine.stats.held:
+            log.info("shutting down: ending %d unfinished request(s)", engine.stats.held)
         engine.begin_close()
 
     async def stop(self) -> None:

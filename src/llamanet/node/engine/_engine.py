@@ -210,7 +210,7 @@ class LlamaEngine:
 
     @property
     def utilization(self) -> float:
-        return (self.stats.active + self.stats.queued) / self.capacity
+        return self.stats.held / self.capacity
 
     @property
     def free_slots(self) -> int:
@@ -285,7 +285,7 @@ class LlamaEngine:
         max_tokens = params.max_tokens if params.max_tokens is not None else max(room, 0)
         if len(prompt) + max_tokens > self.n_ctx or room <= 0 or len(resume) > max_tokens:
             raise ContextLengthExceeded(len(prompt), max_tokens, self.n_ctx)
-        if self.stats.active + self.stats.queued + n > self.capacity:
+        if self.stats.held + n > self.capacity:
             self.stats.requests_rejected += 1
             raise QueueFull(self.retry_after())
         loop = asyncio.get_running_loop()

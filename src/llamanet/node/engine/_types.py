@@ -137,3 +137,8 @@ class EngineStats:
     prefix_cache_hits: int = 0
     decode_steps: int = 0
     batch_tokens: int = 0  # tokens in the last llama_decode batch
+
+    @property
+    def held(self) -> int:
+        """Requests the engine holds: running or waiting for a slot."""
+        return self.active + self.queued
