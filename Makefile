@@ -21,10 +21,23 @@ export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 install: $(STAMP)
 
+# llama-cpp-python builds from source for this CPU, with scripts/amx-tilecfg-fix.h force-included
+# (GCC 12 miscompiles llama.cpp's AMX kernels without it: node/engine/_amx.py). The wheel is kept
+# in $(WHEELS) and installed from there, so a new venv on this machine takes it at once, and not
+# a wheel from pip's own cache that may have been built without the fix.
+WHEELS    ?= $(HOME)/.cache/llamanet/wheels
+LLAMA_PIN := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | head -1)
+LLAMA_WHL := $(subst ==,-,$(subst -,_,$(LLAMA_PIN)))-*.whl
+AMX_FIX   := -include $(CURDIR)/scripts/amx-tilecfg-fix.h
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar on -e '.[dev]'
+	@ls $(WHEELS)/$(LLAMA_WHL) >/dev/null 2>&1 || { \
+		echo "building $(LLAMA_PIN) from source (once, ~7-10 min on 2 cores) into $(WHEELS)"; \
+		CFLAGS="$(AMX_FIX)" CXXFLAGS="$(AMX_FIX)" $(PY) -m pip wheel --no-cache-dir --no-deps \
+			--no-binary llama-cpp-python --progress-bar on -w $(WHEELS) '$(LLAMA_PIN)'; }
+	$(PY) -m pip install --progress-bar on --find-links $(WHEELS) -e '.[dev]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

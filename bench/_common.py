@@ -22,37 +22,39 @@ class Run:
 
 
 # The baselines load the model with the node's weight buffers (`llamanet.node.engine._model`):
-# on a CPU with AMX, llama.cpp's AMX kernels crash, so there every server runs without extra
-# buffer types, the same kernels for all. `llama_cpp.Llama` has no such option: the prelude
-# swaps the default model parameters it starts from for the node's.
+# on a CPU with AMX, a llama.cpp build whose AMX kernels crash runs without extra buffer types
+# (`_amx.py`), so there every server runs the same kernels as the node. `llama_cpp.Llama` has no
+# such option: the prelude swaps the default model parameters it starts from for the node's.
 _NODE_WEIGHTS = """
 import llama_cpp.llama_cpp as _C
 from llamanet.node.engine import extra_buffers_safe as _safe
 _default = _C.llama_model_default_params
+_extra = _safe({model!r})
 def _params():
     params = _default()
-    params.use_extra_bufts = _safe()
+    params.use_extra_bufts = _extra
     return params
 _C.llama_model_default_params = _params
 """
 
 
-def use_node_weights() -> None:
-    """In this process: `llama_cpp.Llama` loads weights the way the node does (see above)."""
-    exec(_NODE_WEIGHTS, {})
+def use_node_weights(model: Path) -> None:
+    """In this process: `llama_cpp.Llama` loads `model` the way the node does (see above)."""
+    exec(_NODE_WEIGHTS.format(model=str(model)), {})
 
 
-def llama_cpp_server_command(python: str) -> list[str]:
-    """`python -m llama_cpp.server`, loading weights the way the node does (see above)."""
+def llama_cpp_server_command(python: str, model: Path) -> list[str]:
+    """`python -m llama_cpp.server`, loading `model` the way the node does (see above)."""
     run = "import runpy; runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"
-    return [python, "-c", _NODE_WEIGHTS + run]
+    return [python, "-c", _NODE_WEIGHTS.format(model=str(model)) + run]
 
 
-def llama_server_weight_args() -> list[str]:
-    """llama-server's flag for the node's weight buffers (see above)."""
+def llama_server_weight_args(model: Path) -> list[str]:
+    """llama-server's flag for the node's weight buffers (see above; bench/_llama_server.py
+    builds it with the same AMX fix as the node's llama.cpp)."""
     from llamanet.node.engine import extra_buffers_safe
 
-    return [] if extra_buffers_safe() else ["--no-repack"]
+    return [] if extra_buffers_safe(model) else ["--no-repack"]
 
 
 def free_port() -> int:

@@ -54,6 +54,13 @@ CMAKE_OPTIONS = (
     "-DLLAMA_OPENSSL=OFF",
 )
 
+# The node's install builds llama.cpp with this header force-included (GCC 12 miscompiles the
+# AMX tile setup without it: scripts/amx-tilecfg-fix.h); llama-server gets the same, so on a CPU
+# with AMX both run the same kernels. The build directory's name says so (an older build, made
+# without it, crashed there and is not reused).
+AMX_FIX = Path(__file__).resolve().parent.parent / "scripts" / "amx-tilecfg-fix.h"
+BUILD_TAG = "-amxfix"
+
 NINJA_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
 MAKE_PROGRESS = re.compile(r"^\[\s*(\d+)%\]")
 
@@ -75,7 +82,7 @@ def cache_dir() -> Path:
 
 
 def binary_path(version: str | None = None) -> Path:
-    return cache_dir() / f"build-{version or pinned_version()}" / "bin" / "llama-server"
+    return cache_dir() / f"build-{version or pinned_version()}{BUILD_TAG}" / "bin" / "llama-server"
 
 
 def _stem(version: str) -> str:
@@ -157,7 +164,8 @@ def _build(source: Path, build: Path, log: Path, jobs: int, say: Callable[[str],
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     log.write_text("")
     say(f"configuring llama.cpp ({source}) into {build}; log {log}")
-    configure = ["cmake", "-S", str(source), "-B", str(build), *generator, *CMAKE_OPTIONS]
+    fix = [f"-DCMAKE_{lang}_FLAGS=-include {AMX_FIX}" for lang in ("C", "CXX")]
+    configure = ["cmake", "-S", str(source), "-B", str(build), *generator, *CMAKE_OPTIONS, *fix]
     _run_logged(configure, log, say)
     say(f"building llama-server with {jobs} jobs at nice 10 (about 13 min on 2 cores)")
     _run_logged(
@@ -187,7 +195,7 @@ def ensure_llama_server(
         if os.access(binary, os.X_OK):  # built by whoever held the lock
             return binary
         source = _unpack(_download_sdist(version, root / "src", say), say)
-        _build(source, binary.parent.parent, root / f"build-{version}.log", jobs, say)
+        _build(source, binary.parent.parent, root / f"build-{version}{BUILD_TAG}.log", jobs, say)
     if not os.access(binary, os.X_OK):
         raise LlamaServerUnavailable(f"the build finished but {binary} is not there")
     say(f"built {binary}")

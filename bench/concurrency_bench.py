@@ -528,7 +528,7 @@ def main() -> None:
             shlex.join(["python", "-m", "llama_cpp.server", *cpp_args]),
             lambda tag: process_server(
                 lambda port: [
-                    *llama_cpp_server_command(sys.executable),
+                    *llama_cpp_server_command(sys.executable, model),
                     *("--model", str(model)),
                     *("--port", str(port), *cpp_args),
                 ],
@@ -547,7 +547,7 @@ def main() -> None:
             ls_args = [
                 *("-a", "bench", "-np", str(args.parallel), "-t", t, "-tb", t),
                 *("-c", str(args.parallel * args.n_ctx), "--no-webui"),
-                *llama_server_weight_args(),
+                *llama_server_weight_args(model),
             ]
             launchers[LLAMA_SERVER] = (
                 shlex.join(["llama-server", *ls_args]),

@@ -117,7 +117,7 @@ def main() -> None:
     )
     peer = start_server(
         [
-            *llama_cpp_server_command(sys.executable),
+            *llama_cpp_server_command(sys.executable, model),
             "--model",
             str(model),
             "--model_alias",
@@ -137,7 +137,7 @@ def main() -> None:
     try:
         from llama_cpp import Llama
 
-        use_node_weights()
+        use_node_weights(model)
         llm = Llama(model_path=str(model), n_ctx=args.n_ctx, n_threads=args.threads, verbose=False)
         runners = {
             "a raw llama_cpp": lambda: raw_run(llm, args.tokens),

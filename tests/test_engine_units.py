@@ -5,13 +5,16 @@ outbox to the event loop and the model parameters chosen for this CPU."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import subprocess
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from llamanet.node.engine import StopMatcher, _model
+from llamanet.node.engine import StopMatcher, _amx, _model
 from llamanet.node.engine._job import Outbox
 from llamanet.node.engine._slots import MIN_COPY, Slot, common_prefix, pending_share, place
 
@@ -324,9 +327,23 @@ AMX_INFO = b"CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | OPENMP = 1 
 NO_AMX_INFO = b"CPU : SSE3 = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | OPENMP = 1 | REPACK = 1 | "
 
 
-def test_extra_buffers_are_off_where_llama_cpp_runs_amx_kernels() -> None:
-    assert not _model.extra_buffers_safe(AMX_INFO)
-    assert _model.extra_buffers_safe(NO_AMX_INFO)
+def test_extra_buffers_without_amx_and_with_amx_only_after_the_check(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    checked: list[Path] = []
+
+    def check(path: Path) -> bool:
+        checked.append(path)
+        return path.name == "good.gguf"
+
+    monkeypatch.setattr(_model, "amx_kernels_work", check)
+    assert _model.extra_buffers_safe(None, NO_AMX_INFO)
+    assert _model.extra_buffers_safe(tmp_path / "bad.gguf", NO_AMX_INFO)
+    assert checked == []  # no AMX: nothing to check
+    assert not _model.extra_buffers_safe(None, AMX_INFO)  # AMX and no model to try
+    assert _model.extra_buffers_safe(tmp_path / "good.gguf", AMX_INFO)
+    assert not _model.extra_buffers_safe(tmp_path / "bad.gguf", AMX_INFO)
+    assert [p.name for p in checked] == ["good.gguf", "bad.gguf"]
 
 
 @pytest.mark.parametrize(("info", "extra"), [(AMX_INFO, False), (NO_AMX_INFO, True)])
@@ -334,8 +351,68 @@ def test_model_params_follow_this_builds_cpu_features(
     monkeypatch: pytest.MonkeyPatch, info: bytes, extra: bool
 ) -> None:
     monkeypatch.setattr(_model.C, "llama_print_system_info", lambda: info)
+    monkeypatch.setattr(_model, "amx_kernels_work", lambda path: False)
     params = _model.model_params()
     assert params.use_extra_bufts is extra
     assert params.n_gpu_layers == 0
     assert _model.model_params(-1).n_gpu_layers == 0x7FFFFFFF  # every layer
     assert _model.model_params(12).n_gpu_layers == 12
+
+
+@pytest.fixture
+def amx_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLAMANET_AMX", raising=False)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    return model
+
+
+@pytest.mark.parametrize(
+    ("child", "verdict"),
+    [((0, "ok\n", ""), True), ((-11, "", ""), False), ((1, "", "boom"), False)],
+)
+def test_the_amx_check_asks_a_child_once_per_build_and_model(
+    monkeypatch: pytest.MonkeyPatch, amx_cache: Path, child: tuple[int, str, str], verdict: bool
+) -> None:
+    runs: list[list[str]] = []
+
+    def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        runs.append(cmd)
+        return subprocess.CompletedProcess(cmd, child[0], child[1], child[2])
+
+    monkeypatch.setattr(_amx.subprocess, "run", run)
+    assert _amx.amx_kernels_work(amx_cache) is verdict
+    assert _amx.amx_kernels_work(amx_cache) is verdict  # from the cache
+    assert len(runs) == 1 and runs[0][-2:] == ["llamanet.node.engine._amx", str(amx_cache)]
+    assert json.loads(_amx.cache_file().read_text()) == {_amx._build_key(amx_cache): verdict}
+    amx_cache.write_bytes(b"GGUF v2")  # another model file: asked again
+    _amx.amx_kernels_work(amx_cache)
+    assert len(runs) == 2
+
+
+def test_the_amx_check_is_skipped_when_turned_off(
+    monkeypatch: pytest.MonkeyPatch, amx_cache: Path
+) -> None:
+    monkeypatch.setenv("LLAMANET_AMX", "off")
+    monkeypatch.setattr(_amx.subprocess, "run", lambda *a, **k: pytest.fail("ran the check"))
+    assert _amx.amx_kernels_work(amx_cache) is False
+
+
+def test_a_hanging_amx_check_is_a_no(monkeypatch: pytest.MonkeyPatch, amx_cache: Path) -> None:
+    def run(cmd: list[str], **kw: object) -> None:
+        raise subprocess.TimeoutExpired(cmd, _amx.CHECK_TIMEOUT)
+
+    monkeypatch.setattr(_amx.subprocess, "run", run)
+    assert _amx._run_check(amx_cache) == (False, f"no answer in {_amx.CHECK_TIMEOUT:.0f} s")
+
+
+@pytest.mark.model
+def test_the_amx_check_child_evaluates_the_model(model_path: Path) -> None:
+    """The child really loads and runs the model: where this build's kernels are sound it
+    says ok (every CPU without AMX; with AMX, a build with scripts/amx-tilecfg-fix.h)."""
+    verdict, why = _amx._run_check(model_path)
+    if not _amx.cpu_has_amx():
+        assert (verdict, why) == (True, "ok")
+    else:
+        assert verdict or why.startswith("killed by signal"), why
