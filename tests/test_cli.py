@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,29 @@ def test_status_json_lists_both_nodes(start_node: Any) -> None:
         raise AssertionError(f"status never listed both nodes: {run.stdout}")
     table = llamanet("status", "--bootstrap", b.bootstrap)
     assert table.returncode == 0 and a.url in table.stdout and b.url in table.stdout
+
+
+def test_monitor_into_a_pipe_prints_a_table_per_update(start_node: Any) -> None:
+    """Piped (not a terminal), each update is printed as it comes; Ctrl-C ends it cleanly."""
+    node = start_node("--model-id", "smol")
+    env = {**os.environ, "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "llamanet", "monitor", "--url", node.url, "--interval", "0.2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    seen, deadline = "", time.monotonic() + 60
+    try:
+        while seen.count("LlamaNet swarm") < 3 or node.url not in seen:
+            try:
+                seen += lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"monitor printed only {seen!r}") from None
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err
 
 
 def test_status_reports_an_unreachable_swarm() -> None:

@@ -79,17 +79,27 @@ async def monitor(
     bootstrap: str | None,
     interval: float,
     console: Console,
+    *,
+    updates: int | None = None,
 ) -> None:
+    """The swarm table every `interval` seconds (`updates` times, or until cancelled): redrawn in
+    place on a terminal; into a pipe or file one table after another, since a `Live` display
+    there prints nothing until it stops."""
     async with client_for(url, bootstrap) as client:
-        with Live(swarm_table([]), console=console, refresh_per_second=4) as live:
-            while True:
+        live = Live(swarm_table([]), console=console, refresh_per_second=4)
+        with live if console.is_terminal else contextlib.nullcontext():
+            shown = 0
+            while updates is None or shown < updates:
+                if shown:
+                    await asyncio.sleep(interval)
                 await client.refresh()
-                live.update(
-                    swarm_table(
-                        await client.nodes(), f"LlamaNet swarm — {time.strftime('%H:%M:%S')}"
-                    )
-                )
-                await asyncio.sleep(interval)
+                title = f"LlamaNet swarm — {time.strftime('%H:%M:%S')}"
+                table = swarm_table(await client.nodes(), title)
+                if console.is_terminal:
+                    live.update(table)
+                else:
+                    console.print(table)
+                shown += 1
 
 
 # ---------------------------------------------------------------------- chat
