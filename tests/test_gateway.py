@@ -289,6 +289,72 @@ async def test_a_stream_broken_midway_ends_with_an_error_event(
     assert h.peers.calls == ["a"]  # tokens went out: never resent elsewhere
 
 
+class Trickle(httpx.AsyncByteStream):
+    """A body that sends one chunk event every `every` seconds, `count` of them (None: forever),
+    then [DONE]; `closed` is set when the gateway lets go of it."""
+
+    def __init__(self, every: float, count: int | None = None) -> None:
+        self.every, self.count, self.sent = every, count, 0
+        self.closed = asyncio.Event()
+        self.flowing = asyncio.Event()  # 3 events sent
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.count is None or self.sent < self.count:
+            yield sse(chunk(f"t{self.sent}"), done=False)
+            self.sent += 1
+            if self.sent == 3:
+                self.flowing.set()
+            await asyncio.sleep(self.every)
+        yield b"data: [DONE]\n\n"
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+def trickling(body: Trickle) -> Behaviour:
+    async def respond(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=body, headers={"content-type": "text/event-stream"})
+
+    return respond
+
+
+async def test_a_stopping_node_ends_the_streams_it_relays_with_shutting_down(
+    harness: Callable[..., Harness],
+) -> None:
+    """Past the grace, a relayed stream still running ends with a whole `shutting_down`
+    event (not a cut connection), and its upstream is closed."""
+    body = Trickle(0.02)
+    h = harness([rec("a")])
+    h.peers.behaviour["a"] = trickling(body)
+    answer = asyncio.create_task(h.post())
+    await asyncio.wait_for(body.flowing.wait(), 10)
+    await h.gateway.drain(0.1)
+    response = await asyncio.wait_for(answer, 10)
+    events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
+    assert len(events) > 3
+    assert [json.loads(e) for e in events[:-1]] == [chunk(f"t{i}") for i in range(len(events) - 1)]
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "shutting_down" and set(error) == {"message", "type", "param", "code"}
+    assert h.states[-1]["failed_status"] == 503
+    await asyncio.wait_for(body.closed.wait(), 5)
+    assert not h.cooling("a")  # the peer did nothing wrong
+
+
+async def test_a_relayed_stream_that_ends_within_the_grace_is_left_whole(
+    harness: Callable[..., Harness],
+) -> None:
+    body = Trickle(0.02, count=15)
+    h = harness([rec("a")])
+    h.peers.behaviour["a"] = trickling(body)
+    answer = asyncio.create_task(h.post())
+    await asyncio.wait_for(body.flowing.wait(), 10)
+    await h.gateway.drain(10.0)  # returns when the stream is done, not after 10 s
+    assert answer.done() or body.sent == 15
+    response = await asyncio.wait_for(answer, 10)
+    assert response.text == sse(*(chunk(f"t{i}") for i in range(15))).decode()
+    assert "failed_status" not in h.states[-1]
+
+
 # --------------------------------------------------------------------------- the peer list
 
 

@@ -23,6 +23,10 @@ Only when none can take over does the stream end with one `data: {"error": ...}`
 counted as a 502. A client that goes away closes the upstream connection, so the peer stops
 generating too.
 A forwarded request carries `X-LlamaNet-Forwarded-By` and is never forwarded again.
+
+When the node stops, `drain` gives the streams it relays the node's shutdown grace to finish,
+then ends each with a `shutting_down` error event (the code a stopping node's own streams end
+with), instead of leaving uvicorn to cut the connection mid-event.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -126,11 +130,28 @@ class Gateway:
         )
         self._task: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
+        self._relays: set[_Relay] = set()  # event streams being relayed
+        self.stopping = asyncio.Event()  # set by `drain`: relayed streams end now
 
     # ------------------------------------------------------------------ peer records
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._refresh_forever(), name="gateway-refresh")
+
+    async def drain(self, grace: float) -> None:
+        """The start of a shutdown: the streams being relayed get `grace` seconds to finish,
+        then each ends with a `shutting_down` error event."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._relays:
+            log.info(
+                "shutting down: %d relayed stream(s) get %g s to finish", len(self._relays), grace
+            )
+        while self._relays and loop.time() < deadline:  # noqa: ASYNC110 - polled, once, briefly
+            await asyncio.sleep(0.05)
+        if self._relays:
+            log.info("shutting down: ending %d relayed stream(s)", len(self._relays))
+        self.stopping.set()
 
     async def close(self) -> None:
         for task in [self._task, *self._probes]:
@@ -461,6 +482,8 @@ class _Relay:
 
     async def body(self) -> AsyncIterator[bytes]:
         """Relays the peer's bytes as they arrive; closing it (client gone) closes the upstream."""
+        if self.events:
+            self.gateway._relays.add(self)
         try:
             if self.resume is not None:
                 async for out in self._resumable(self.resume):
@@ -468,20 +491,26 @@ class _Relay:
                 return
             pending = b""
             try:
-                async for chunk in self.upstream.aiter_bytes():  # decoded: we pass no encoding
-                    if not self.events:
+                if not self.events:  # a JSON body: nothing could follow a shutdown's cut
+                    async for chunk in self.upstream.aiter_bytes():  # decoded: no encoding
                         yield chunk
-                        continue
-                    pending += chunk
-                    whole, count, pending = _split_events(pending)
-                    if count:
-                        self.delivered += count
-                        yield whole
+                    return
+                chunks = _chunks(self.upstream, None, self.gateway.stopping)
+                async with contextlib.aclosing(chunks):
+                    async for chunk in chunks:
+                        pending += chunk
+                        whole, count, pending = _split_events(pending)
+                        if count:
+                            self.delivered += count
+                            yield whole
             except httpx.HTTPError as exc:
                 broken = self._broken(f"broke off its answer: {_describe(exc)}")
                 if broken is not None:
                     yield broken
+            except _Stopping:
+                yield self._shutting_down()
         finally:
+            self.gateway._relays.discard(self)
             self.in_flight.close()
             with contextlib.suppress(Exception):
                 await self.upstream.aclose()
@@ -491,12 +520,16 @@ class _Relay:
         transcript = resume.transcript
         while True:
             try:
-                async for event in _events(self.upstream, self.gateway.stall_timeout):
+                events = _events(self.upstream, self.gateway.stall_timeout, self.gateway.stopping)
+                async for event in events:
                     out = transcript.relay(event)
                     if out is not None:
                         self.delivered += 1
                         yield out
                 failure = "ended its stream before it was complete"
+            except _Stopping:
+                yield self._shutting_down()
+                return
             except httpx.HTTPError as exc:
                 failure = f"broke off its answer: {_describe(exc)}"
             except TimeoutError:
@@ -589,6 +622,16 @@ class _Relay:
             return True
         return False
 
+    def _shutting_down(self) -> bytes:
+        """The event that ends a relayed stream when this node stops before it is done."""
+        self.request.state.failed_status = 503
+        error = APIError(
+            503,
+            f"node {self.gateway.node_id[:12]} relaying this stream is shutting down",
+            code="shutting_down",
+        )
+        return format_sse_event(data_str=json.dumps(error.body(), separators=(",", ":")))
+
     def _broken(self, failure: str, *, cooled: bool = False) -> bytes | None:
         """The peer broke off after its head: cool it down, count the request as a 502, and
         end an event stream with the error event the README promises."""
@@ -606,22 +649,51 @@ class _Relay:
         return format_sse_event(data_str=json.dumps(error.body(), separators=(",", ":")))
 
 
-async def _events(upstream: httpx.Response, stall_timeout: float) -> AsyncIterator[bytes]:
-    """The whole SSE events of `upstream` one by one; `TimeoutError` after `stall_timeout`
-    seconds without a byte."""
+class _Stopping(Exception):
+    """The node is stopping (`Gateway.drain`): the relay ends its stream now."""
+
+
+async def _chunks(
+    upstream: httpx.Response, stall_timeout: float | None, stopping: asyncio.Event
+) -> AsyncGenerator[bytes, None]:
+    """The bytes of `upstream` as they come; `TimeoutError` after `stall_timeout` seconds
+    without any (None: no limit), `_Stopping` once `stopping` is set."""
     chunks = upstream.aiter_bytes()
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        while True:
+            read = asyncio.ensure_future(anext(chunks))
+            done, _ = await asyncio.wait(
+                {read, stop}, timeout=stall_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if read not in done:
+                read.cancel()
+                read.add_done_callback(lambda t: t.cancelled() or t.exception())
+                raise _Stopping if stop in done else TimeoutError
+            try:
+                chunk = read.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        stop.cancel()
+
+
+async def _events(
+    upstream: httpx.Response, stall_timeout: float, stopping: asyncio.Event
+) -> AsyncGenerator[bytes, None]:
+    """The whole SSE events of `upstream` one by one; `TimeoutError` after `stall_timeout`
+    seconds without a byte, `_Stopping` once `stopping` is set."""
     pending = b""
-    while True:
-        try:
-            chunk = await asyncio.wait_for(anext(chunks), stall_timeout)
-        except StopAsyncIteration:
-            return
-        pending += chunk
-        start = 0
-        for match in _EVENT_END.finditer(pending):
-            yield pending[start : match.end()]
-            start = match.end()
-        pending = pending[start:]
+    chunks = _chunks(upstream, stall_timeout, stopping)
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            pending += chunk
+            start = 0
+            for match in _EVENT_END.finditer(pending):
+                yield pending[start : match.end()]
+                start = match.end()
+            pending = pending[start:]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -171,7 +171,14 @@ class LlamaNetNode:
         """The start of a shutdown: requests running or queued get `grace` seconds to finish,
         then the engine ends the rest, each with a `shutting_down` error (an SSE error event
         once a stream has started; a 503 before), so a client or the swarm's resume knows why
-        and none is cut off mid-stream."""
+        and none is cut off mid-stream. Streams this node relays for peers end the same way
+        (`Gateway.drain`)."""
+        drains = [self._drain_engine(grace)]
+        if self.gateway is not None:
+            drains.append(self.gateway.drain(grace))
+        await asyncio.gather(*drains)
+
+    async def _drain_engine(self, grace: float) -> None:
         engine = self.engine
         if engine is None:
             return
