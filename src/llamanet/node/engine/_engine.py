@@ -28,7 +28,7 @@ from typing import Any
 from llama_cpp import llama_cpp as C
 
 from llamanet.node.engine._job import Done, Failed, Job
-from llamanet.node.engine._model import load_model
+from llamanet.node.engine._model import in_passing_thread, load_model
 from llamanet.node.engine._scheduler import Scheduler
 from llamanet.node.engine._types import (
     ContextLengthExceeded,
@@ -135,23 +135,26 @@ class LlamaEngine:
         queue_size: int = 8,
         n_gpu_layers: int | None = None,
     ) -> LlamaEngine:
-        """Loads the model on a thread (it takes a moment) and starts the worker."""
+        """Loads the model on a passing thread (it takes a moment; `in_passing_thread` says why
+        not an executor's) and starts the worker."""
         threads = n_threads or os.cpu_count() or 1
         gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
 
-        model = await asyncio.to_thread(load_model, model_path, n_gpu_layers=gpu_layers)
-        return await asyncio.to_thread(
-            cls,
-            model,
-            model_path=model_path,
-            model_id=model_id,
-            n_ctx=n_ctx,
-            parallel=parallel or default_parallel(),
-            queue_size=queue_size,
-            n_threads=threads,
-            n_batch=n_batch,
-            n_gpu_layers=gpu_layers,
-        )
+        def build() -> LlamaEngine:
+            model = load_model(model_path, n_gpu_layers=gpu_layers)
+            return cls(
+                model,
+                model_path=model_path,
+                model_id=model_id,
+                n_ctx=n_ctx,
+                parallel=parallel or default_parallel(),
+                queue_size=queue_size,
+                n_threads=threads,
+                n_batch=n_batch,
+                n_gpu_layers=gpu_layers,
+            )
+
+        return await in_passing_thread(build)
 
     def _make_context(self, model: Any, n_threads: int, n_batch: int) -> Any:
         params = C.llama_context_default_params()

@@ -11,15 +11,20 @@ kernels run them, also without the repacked layouts that speed up Q4_0 and IQ4_N
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llama_cpp import llama_cpp as C
 
 from llamanet.node.engine._amx import amx_kernels_work, cpu_has_amx
 
-__all__ = ["extra_buffers_safe", "load_model", "model_params"]
+__all__ = ["extra_buffers_safe", "in_passing_thread", "load_model", "model_params"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("llamanet.node.engine")
 
@@ -48,3 +53,35 @@ def load_model(path: Path, *, n_gpu_layers: int = 0) -> Any:
     params = model_params(n_gpu_layers, path)
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # as Llama(verbose=False)
     return _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
+
+
+async def in_passing_thread(fn: Callable[[], T]) -> T:
+    """`fn()` on a thread of its own that ends with it: for loading a model and making its
+    context, where `asyncio.to_thread` would not do.
+
+    Why: llama.cpp's OpenMP keeps a team of threads for each thread that ran a parallel region,
+    for as long as that thread lives, and loading weights into AMX buffers runs one. Left on an
+    executor thread, that idle team made every decode step on the engine's worker slower (one
+    sequence on a 2-core Xeon: 40-45 tokens/s instead of 52-57; libgomp stops spinning when it
+    manages more threads than there are cores). A thread that ends takes its team with it."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():  # the caller was cancelled meanwhile
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="llamanet-load", daemon=True).start()
+    return await done
