@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,3 +304,27 @@ async def test_close_ends_running_and_queued_work(model_path: Path) -> None:
             await task
     with pytest.raises(EngineClosed):
         await service.embed(["hi"])
+
+
+def _threads() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+async def test_no_llama_cpp_thread_team_outlives_a_request(model_path: Path) -> None:
+    """After a request only the service's worker thread is left: llama.cpp's OpenMP team,
+    which a thread that runs the model keeps while it lives, went with the request's passing
+    thread (a team kept by the worker slowed the generation engine's every step)."""
+    service = EmbeddingService(model_path, n_ctx=N_CTX, n_threads=2, queue_size=0)
+    before = _threads()
+    try:
+        await service.embed(["the first request loads the model", "and a second input"])
+        await service.embed(["a second request"])
+        worker = service._worker
+        assert worker is not None and worker.native_id is not None
+        deadline = time.monotonic() + 10
+        while (extra := _threads() - before) != {worker.native_id}:
+            assert time.monotonic() < deadline, f"threads left: {len(extra)}, want the worker's"
+            await asyncio.sleep(0.05)
+    finally:
+        await service.close()

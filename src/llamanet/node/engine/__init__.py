@@ -8,7 +8,11 @@ loads the weights with the parameters that are safe on this CPU.
 
 from llamanet.node.engine._engine import LlamaEngine, default_gpu_layers, default_parallel
 from llamanet.node.engine._job import Job
-from llamanet.node.engine._model import extra_buffers_safe, load_model
+from llamanet.node.engine._model import (
+    call_in_passing_thread,
+    extra_buffers_safe,
+    load_model,
+)
 from llamanet.node.engine._stops import StopMatcher
 from llamanet.node.engine._types import (
     ContextLengthExceeded,
@@ -39,6 +43,7 @@ __all__ = [
     "StopMatcher",
     "TokenLogprob",
     "TopLogprob",
+    "call_in_passing_thread",
     "default_gpu_layers",
     "default_parallel",
     "extra_buffers_safe",

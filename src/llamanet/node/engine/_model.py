@@ -22,7 +22,13 @@ from llama_cpp import llama_cpp as C
 
 from llamanet.node.engine._amx import amx_kernels_work, cpu_has_amx
 
-__all__ = ["extra_buffers_safe", "in_passing_thread", "load_model", "model_params"]
+__all__ = [
+    "call_in_passing_thread",
+    "extra_buffers_safe",
+    "in_passing_thread",
+    "load_model",
+    "model_params",
+]
 
 T = TypeVar("T")
 
@@ -85,3 +91,23 @@ async def in_passing_thread(fn: Callable[[], T]) -> T:
 
     threading.Thread(target=run, name="llamanet-load", daemon=True).start()
     return await done
+
+
+def call_in_passing_thread(fn: Callable[[], T]) -> T:
+    """`fn()` on a thread of its own that ends with it, waited for: `in_passing_thread` for a
+    worker thread that must not keep an OpenMP team of its own between jobs."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((fn(), None))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome.append((None, exc))
+
+    thread = threading.Thread(target=run, name="llamanet-job", daemon=True)
+    thread.start()
+    thread.join()
+    result, error = outcome[0]
+    if error is not None:
+        raise error
+    return result  # type: ignore[no-any-return]
