@@ -117,7 +117,16 @@ def test_monitor_into_a_pipe_prints_a_table_per_update(start_node: Any) -> None:
     node = start_node("--model-id", "smol")
     env = {**os.environ, "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "llamanet", "monitor", "--url", node.url, "--interval", "0.2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # Ctrl-C as in a terminal, even when the suite runs in the background (which starts
+        # every child with SIGINT ignored, and Python then keeps it ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
@@ -129,9 +138,10 @@ def test_monitor_into_a_pipe_prints_a_table_per_update(start_node: Any) -> None:
             except queue.Empty:
                 raise AssertionError(f"monitor printed only {seen!r}") from None
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
     finally:
         proc.kill()
+    err = proc.stderr.read() if proc.stderr else ""
     assert proc.returncode == 0 and "Traceback" not in err, err
 
 

@@ -416,3 +416,34 @@ def test_the_amx_check_child_evaluates_the_model(model_path: Path) -> None:
         assert (verdict, why) == (True, "ok")
     else:
         assert verdict or why.startswith("killed by signal"), why
+
+
+# ---------------------------------------------------------------- default slots
+
+MIB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("kv_per_slot", "available", "slots"),
+    [
+        (47 * MIB, 22_000 * MIB, 8),  # the default model at 2048 tokens: 8 whatever the cores
+        (512 * MIB, 22_000 * MIB, 8),  # a 7B at 4096 tokens on 24 GB: 10 fit, 8 are enough
+        (512 * MIB, 6_000 * MIB, 2),  # the same on a small machine: what a quarter holds
+        (512 * MIB, 1_000 * MIB, 1),  # never none
+        (47 * MIB, None, 8),  # memory unknown: the throughput bound alone
+    ],
+)
+def test_default_slots_are_8_unless_their_kv_cache_would_not_fit(
+    monkeypatch: pytest.MonkeyPatch, kv_per_slot: int, available: int | None, slots: int
+) -> None:
+    from llamanet.node.engine import _engine
+
+    monkeypatch.setattr(_engine, "available_memory", lambda: available)
+    assert _engine.default_parallel(kv_per_slot) == slots
+
+
+def test_available_memory_is_read_on_this_machine() -> None:
+    from llamanet.node.engine import _engine
+
+    memory = _engine.available_memory()
+    assert memory is None or memory > 16 * MIB

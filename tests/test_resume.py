@@ -381,11 +381,12 @@ def test_sigstop_mid_stream_resumes_within_the_stall_timeout(
     served: set[str] = set()
     body = {"model": "alpha", "messages": CHAT, "max_tokens": 40, "temperature": 0, "stream": True}
     url = swarm.g.url + "/v1/chat/completions"
+    slots = max(n.status()["slots"] for n in swarm.nodes)
     while frozen_id not in served and time.monotonic() < deadline:
         # more streams at once than the other node has slots: a batching node with a free slot
         # ranks first, so only a full one shows the recovered node is a candidate again
         with contextlib.ExitStack() as streams:
-            for _ in range(6):
+            for _ in range(slots + 2):
                 reply = streams.enter_context(httpx.stream("POST", url, json=body, timeout=60))
                 served.add(reply.headers["x-llamanet-node"])
         time.sleep(0.5)

@@ -191,7 +191,8 @@ def node(
     parallel: Annotated[
         int | None,
         _option(
-            "Requests generated together in one batch (slots; default 2 per core, at most 8).",
+            "Requests generated together in one batch (slots; default 8, fewer when their KV "
+            "cache would take over a quarter of the free memory).",
             "parallel",
         ),
     ] = None,

@@ -35,7 +35,7 @@ class NodeSettings(BaseSettings):
     n_ctx: int = 2048
     n_threads: int | None = None
     n_batch: int = 512
-    parallel: int | None = None  # slots; None: 2 per core, at most 8
+    parallel: int | None = None  # slots; None: 8, fewer if their KV cache would not fit
     n_gpu_layers: int | None = None  # None: every layer when llama.cpp has a GPU backend, else 0
     queue_size: int = 8
     embeddings: bool = True  # serve /v1/embeddings (a second context on the model, made lazily)

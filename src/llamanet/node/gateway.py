@@ -660,6 +660,7 @@ async def _chunks(
     without any (None: no limit), `_Stopping` once `stopping` is set."""
     chunks = upstream.aiter_bytes()
     stop = asyncio.ensure_future(stopping.wait())
+    read: asyncio.Future[bytes] | None = None
     try:
         while True:
             read = asyncio.ensure_future(anext(chunks))
@@ -667,8 +668,6 @@ async def _chunks(
                 {read, stop}, timeout=stall_timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if read not in done:
-                read.cancel()
-                read.add_done_callback(lambda t: t.cancelled() or t.exception())
                 raise _Stopping if stop in done else TimeoutError
             try:
                 chunk = read.result()
@@ -677,6 +676,10 @@ async def _chunks(
             yield chunk
     finally:
         stop.cancel()
+        if read is not None and not read.done():  # stopped, stalled, or our task cancelled
+            read.cancel()
+            # its error (the upstream closed under it) is nobody's to handle: retrieve it
+            read.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 async def _events(

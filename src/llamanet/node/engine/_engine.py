@@ -59,11 +59,49 @@ def _ema(previous: float, sample: float) -> float:
     return sample if not previous else (1 - _EMA) * previous + _EMA * sample
 
 
-def default_parallel() -> int:
-    """Slots when `--parallel` is not given: 2 per core, at most 8. On a CPU the aggregate
-    throughput of a small model keeps growing up to about 8 sequences (llama-server's curve
-    too); beyond that each stream only gets slower."""
-    return max(1, min(8, 2 * (os.cpu_count() or 1)))
+MAX_DEFAULT_SLOTS = 8
+KV_MEMORY_SHARE = 0.25  # of the memory available at start, for the default slots' KV cache
+
+
+def default_parallel(kv_bytes_per_slot: float, available: int | None = None) -> int:
+    """Slots when `--parallel` is not given: 8, or as many as have their KV cache (`n_ctx`
+    tokens each) in a quarter of the memory available (`available`, bytes; MemAvailable when
+    None), at least 1.
+
+    Why 8 whatever the cores: batching reuses each weight for every sequence of a step, so on a
+    CPU the aggregate throughput of a small model grows up to about 8 sequences and little
+    beyond (2 cores, AMX: 69 tokens/s at 4 streams, 79 at 8, 81 at 16 with 8 slots); fewer
+    slots than that only make requests wait in the queue. Why the memory bound: a large model's
+    KV cache per slot is hundreds of MB (a 7B at 4096 tokens: 512 MB)."""
+    memory = available_memory() if available is None else available
+    if memory is None or kv_bytes_per_slot <= 0:
+        return MAX_DEFAULT_SLOTS
+    fits = int(memory * KV_MEMORY_SHARE // kv_bytes_per_slot)
+    return max(1, min(MAX_DEFAULT_SLOTS, fits))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available for new allocations: MemAvailable on Linux, else the free
+    physical pages; None when neither can be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """The KV cache's bytes per token of context: K and V in f16 for every layer."""
+    n_layer = C.llama_model_n_layer(model)
+    n_embd, n_head = C.llama_model_n_embd(model), C.llama_model_n_head(model)
+    kv_dim = n_embd * C.llama_model_n_head_kv(model) // max(n_head, 1)
+    return int(2 * n_layer * kv_dim * 2)
 
 
 def default_gpu_layers() -> int:
@@ -147,7 +185,7 @@ class LlamaEngine:
                 model_path=model_path,
                 model_id=model_id,
                 n_ctx=n_ctx,
-                parallel=parallel or default_parallel(),
+                parallel=parallel or default_parallel(kv_bytes_per_token(model.model) * n_ctx),
                 queue_size=queue_size,
                 n_threads=threads,
                 n_batch=n_batch,
@@ -171,11 +209,8 @@ class LlamaEngine:
         ctx = C.llama_init_from_model(model, params)
         if not ctx:
             raise GenerationFailed("llama.cpp could not create the context")
-        n_layer = C.llama_model_n_layer(model)
-        n_embd, n_head = C.llama_model_n_embd(model), C.llama_model_n_head(model)
-        kv_dim = n_embd * C.llama_model_n_head_kv(model) // max(n_head, 1)
         total = C.llama_n_ctx(ctx)
-        kv_mib = 2 * n_layer * kv_dim * 2 * total / 2**20  # K and V, f16
+        kv_mib = kv_bytes_per_token(model) * total / 2**20
         log.info(
             "engine: %d slots x %d tokens (KV cache %d tokens, about %.0f MiB), %d threads, "
             "batch %d, %d GPU layers",
