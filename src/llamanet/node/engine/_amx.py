@@ -105,6 +105,11 @@ def amx_kernels_work(model_path: Path) -> bool:
     key = _build_key(model_path)
     cached = _read_cache().get(key)
     if cached is not None:
+        log.info(
+            "this CPU has AMX: %s (checked before, %s)",
+            "using its kernels" if cached else "its kernels fail with this build, not using them",
+            cache_file(),
+        )
         return cached
     log.info("this CPU has AMX: checking once that this llama.cpp build runs its AMX kernels")
     verdict, why = _run_check(model_path)
