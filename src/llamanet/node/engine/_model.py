@@ -63,39 +63,20 @@ def load_model(path: Path, *, n_gpu_layers: int = 0) -> Any:
 
 async def in_passing_thread(fn: Callable[[], T]) -> T:
     """`fn()` on a thread of its own that ends with it: for loading a model and making its
-    context, where `asyncio.to_thread` would not do.
+    context, where `asyncio.to_thread(fn)` would not do.
 
     Why: llama.cpp's OpenMP keeps a team of threads for each thread that ran a parallel region,
     for as long as that thread lives, and loading weights into AMX buffers runs one. Left on an
     executor thread, that idle team made every decode step on the engine's worker slower (one
     sequence on a 2-core Xeon: 40-45 tokens/s instead of 52-57; libgomp stops spinning when it
-    manages more threads than there are cores). A thread that ends takes its team with it."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if done.done():  # the caller was cancelled meanwhile
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result = fn()
-        except BaseException as exc:  # handed to the awaiting task
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=run, name="llamanet-load", daemon=True).start()
-    return await done
+    manages more threads than there are cores). A thread that ends takes its team with it; the
+    executor thread only waits for it."""
+    return await asyncio.to_thread(call_in_passing_thread, fn)
 
 
 def call_in_passing_thread(fn: Callable[[], T]) -> T:
-    """`fn()` on a thread of its own that ends with it, waited for: `in_passing_thread` for a
-    worker thread that must not keep an OpenMP team of its own between jobs."""
+    """`fn()` on a thread of its own that ends with it, waited for (`in_passing_thread` says
+    why): for a worker thread that must not keep an OpenMP team of its own between jobs."""
     outcome: list[Any] = []
 
     def run() -> None:
