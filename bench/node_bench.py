@@ -5,9 +5,12 @@
 (a) raw `llama_cpp.Llama.create_completion(stream=True)` in this process (no HTTP);
 (b) the same request streamed from a LlamaNet node over HTTP/SSE;
 (c) the same request streamed from the peer `llama_cpp.server` over HTTP/SSE.
-Interleaved a, b, c per rep after one warm-up each; medians; temperature 0, same threads.
-tokens/s is the decode rate seen by the consumer: (chunks - 1) / (last chunk - first chunk).
-Then 4 concurrent streams against (b) and (c): how many finish with a finish_reason.
+One warm-up each, then per rep a, b, c back to back (every other rep in reverse order);
+temperature 0, same threads. tokens/s is the decode rate seen by the consumer:
+(chunks - 1) / (last chunk - first chunk). The ratios are the medians of each rep's own ratios
+(min-max after them): this machine's speed drifts by more than the differences measured, and
+runs seconds apart see the same speed. Then 4 concurrent streams against (b) and (c): how many
+finish with a finish_reason.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ async def concurrent_streams(base: str, n: int, tokens: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=6)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-ctx", type=int, default=2048)
@@ -148,7 +151,8 @@ def main() -> None:
             run()
         results: dict[str, list[Run]] = {name: [] for name in runners}
         for rep in range(args.reps):
-            for name, run in runners.items():
+            order = list(runners.items())
+            for name, run in order if rep % 2 == 0 else reversed(order):
                 results[name].append(run())
             print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr)
         llm.close()
@@ -176,12 +180,25 @@ def main() -> None:
     print(f"{'':22} {'tokens/s':>9} {'TTFT ms':>9} {'chunks':>7}")
     for name, m in med.items():
         print(f"{name:22} {m.tps:9.1f} {m.ttft_ms:9.1f} {m.chunks:7d}")
-    a, b, c = med.values()
-    print(f"\nb/a tokens/s  {b.tps / a.tps:6.3f}   (target >= 0.97)")
-    print(f"b/c tokens/s  {b.tps / c.tps:6.3f}   (target >= 1.10)")
-    print(f"c/a tokens/s  {c.tps / a.tps:6.3f}")
-    print(f"TTFT b - a    {b.ttft_ms - a.ttft_ms:+6.1f} ms (target <= 5 ms)")
-    print(f"TTFT b - c    {b.ttft_ms - c.ttft_ms:+6.1f} ms")
+    a, b, c = results.values()
+
+    def paired(label: str, xs: list[Run], ys: list[Run], target: str) -> None:
+        ratios = [x.tps / y.tps for x, y in zip(xs, ys, strict=True)]
+        print(
+            f"{label} tokens/s  {statistics.median(ratios):6.3f}   ({min(ratios):.3f}-"
+            f"{max(ratios):.3f}){target}"
+        )
+
+    def ttft_gap(label: str, xs: list[Run], ys: list[Run], target: str) -> None:
+        gaps = [x.ttft_ms - y.ttft_ms for x, y in zip(xs, ys, strict=True)]
+        print(f"TTFT {label}    {statistics.median(gaps):+6.1f} ms{target}")
+
+    print("\nper-rep ratios, median (min-max):")
+    paired("b/a", b, a, "   target >= 0.97")
+    paired("b/c", b, c, "   target >= 1.10")
+    paired("c/a", c, a, "")
+    ttft_gap("b - a", b, a, " (target <= 5 ms)")
+    ttft_gap("b - c", b, c, "")
     print("\n4 concurrent streams, completed with a finish_reason:")
     for name, n in conc.items():
         print(f"  {name:22} {n}/4")

@@ -18,9 +18,12 @@ import httpx
 import pytest
 from fakes import FakeEngine, serving
 
+from llamanet.node import node as node_module
+from llamanet.node.app import create_app
 from llamanet.node.config import NodeSettings
+from llamanet.node.errors import model_not_found
 from llamanet.node.metrics import Metrics
-from llamanet.node.node import GENERATION_CAPABILITIES
+from llamanet.node.node import GENERATION_CAPABILITIES, LlamaNetNode
 from llamanet.protocol import (
     NODE_HEADER,
     ChatCompletion,
@@ -487,6 +490,54 @@ async def test_a_model_that_fails_to_load_is_reported(
         assert "missing.gguf" in err["message"]
         chat = await http.post("/v1/chat/completions", json={"messages": CHAT})
         assert_error(chat, 404, "model_not_found")
+
+
+class _NoPeerGateway:
+    """A gateway whose swarm serves nothing: every forward is a 404."""
+
+    def peers(self) -> list[Any]:
+        return []
+
+    async def forward(self, request: Any, model: str | None, **_: Any) -> Any:
+        raise model_not_found(model or "llamanet", [])
+
+
+async def test_a_node_loading_its_model_answers_503_not_404(
+    settings: NodeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that reaches a node before its model is loaded gets a 503 with Retry-After
+    (OpenAI clients retry it), also when the swarm has no peer for it; another model is 404."""
+    never = asyncio.Event()
+
+    async def slow_load(*args: Any, **kwargs: Any) -> Any:
+        await never.wait()
+
+    monkeypatch.setattr(node_module.LlamaEngine, "load", slow_load)
+    (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
+    settings.model = tmp_path / "tiny.gguf"
+    settings.model_id = "tiny"
+    node = LlamaNetNode(settings, dht=False)
+    app = create_app(node)
+    async with app.router.lifespan_context(app):
+        node.gateway = _NoPeerGateway()  # type: ignore[assignment]
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node.test") as http:
+            assert node.loading
+            for model in (None, "llamanet", "tiny"):
+                body: dict[str, Any] = {"messages": CHAT, "stream": True}
+                if model is not None:
+                    body["model"] = model
+                res = await http.post("/v1/chat/completions", json=body)
+                assert_error(res, 503, "model_loading")
+                assert res.headers["retry-after"] == "2"
+            res = await http.post("/v1/embeddings", json={"input": "x", "model": "tiny"})
+            assert_error(res, 503, "model_loading")
+            other = await http.post(
+                "/v1/chat/completions", json={"messages": CHAT, "model": "other"}
+            )
+            assert_error(other, 404, "model_not_found")
+        node.gateway = None
+        never.set()
 
 
 # ------------------------------------------------------------------ header, counters, metrics

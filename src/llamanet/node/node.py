@@ -66,6 +66,8 @@ class LlamaNetNode:
         # `/v1/embeddings`: made with the model it embeds with (lazily loaded: see embeddings.py)
         self.embeddings: EmbeddingService | None = embeddings
         self.load_error: str | None = None
+        # the id the model being loaded will serve under, once its file is found
+        self.loading_model_id: str | None = settings.model_id
         self.gateway: Gateway | None = None
         self.metrics = Metrics(status=self.status, dht_status=self.dht_status)
         self._with_dht = dht
@@ -112,6 +114,7 @@ class LlamaNetNode:
         try:
             path = await asyncio.to_thread(resolve_model, s.model, s.models_dir)
             model_id = s.model_id or model_id_for(path)
+            self.loading_model_id = model_id
             log.info("loading model %s from %s (n_ctx=%d per slot)", model_id, path, s.n_ctx)
             hashing = asyncio.create_task(model_fingerprint(path, s.home))
             self.engine = await LlamaEngine.load(

@@ -77,12 +77,24 @@ def _local_engine(request: Request, model: str | None) -> Engine | None:
     return None
 
 
+def _loading_here(node: LlamaNetNode, model: str | None) -> bool:
+    """This node is still loading `model` (None and the swarm alias: any model)."""
+    if not node.loading:
+        return False
+    loading = node.loading_model_id
+    return model in (None, "", SWARM_ALIAS) or loading is None or model == loading
+
+
+def _model_loading() -> APIError:
+    return APIError(
+        503, "The model is still loading.", code="model_loading", headers={"Retry-After": "2"}
+    )
+
+
 def _cannot_serve(request: Request, model: str | None) -> APIError:
     node = node_of(request)
-    if node.loading:
-        return APIError(
-            503, "The model is still loading.", code="model_loading", headers={"Retry-After": "2"}
-        )
+    if _loading_here(node, model):
+        return _model_loading()
     return model_not_found(model or SWARM_ALIAS, [m.id for m in node.models()])
 
 
@@ -129,13 +141,18 @@ async def serve(
             raise
     if gateway is None:
         raise _cannot_serve(request, model)
-    return await gateway.forward(
-        request,
-        wanted,
-        max_tokens=max_tokens or 0,
-        reason="model not served here",
-        capability=capability,
-    )
+    try:
+        return await gateway.forward(
+            request,
+            wanted,
+            max_tokens=max_tokens or 0,
+            reason="model not served here",
+            capability=capability,
+        )
+    except APIError as exc:  # no peer has it, but this node will in a moment: a retry works
+        if exc.status == 404 and _loading_here(node, model):
+            raise _model_loading() from None
+        raise
 
 
 def needed_capability(body: ChoiceFields | CompletionRequest) -> str | None:
