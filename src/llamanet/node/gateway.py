@@ -653,33 +653,77 @@ class _Stopping(Exception):
     """The node is stopping (`Gateway.drain`): the relay ends its stream now."""
 
 
+_STALLED, _STOPPED, _ENDED = object(), object(), object()
+
+
 async def _chunks(
     upstream: httpx.Response, stall_timeout: float | None, stopping: asyncio.Event
 ) -> AsyncGenerator[bytes, None]:
     """The bytes of `upstream` as they come; `TimeoutError` after `stall_timeout` seconds
-    without any (None: no limit), `_Stopping` once `stopping` is set."""
-    chunks = upstream.aiter_bytes()
+    without any (None: no limit), `_Stopping` once `stopping` is set.
+
+    One task reads `upstream` into a queue for the whole stream, and one timer per
+    `stall_timeout` checks when a byte last came: a chunk costs a queue hand-over, not a task,
+    an `asyncio.wait` and a timer of its own (a relay's CPU is taken from the model nodes on
+    the same machine)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    last = loop.time()
+    timer: asyncio.TimerHandle | None = None
+
+    async def pump() -> None:
+        nonlocal last
+        try:
+            async for chunk in upstream.aiter_bytes():
+                last = loop.time()
+                queue.put_nowait(chunk)
+        except Exception as exc:  # raised in the consumer
+            queue.put_nowait(exc)
+        else:
+            queue.put_nowait(_ENDED)
+
+    def watch() -> None:
+        nonlocal timer
+        assert stall_timeout is not None
+        silent = loop.time() - last
+        if reader.done():  # the stream ended (or failed): nothing more to wait for
+            return
+        if silent >= stall_timeout:
+            queue.put_nowait(_STALLED)
+        else:
+            timer = loop.call_later(stall_timeout - silent, watch)
+
+    reader = asyncio.create_task(pump())
     stop = asyncio.ensure_future(stopping.wait())
-    read: asyncio.Future[bytes] | None = None
+
+    def stopped(waited: asyncio.Future[Any]) -> None:
+        if not waited.cancelled():
+            queue.put_nowait(_STOPPED)
+
+    stop.add_done_callback(stopped)
+    if stall_timeout is not None:
+        timer = loop.call_later(stall_timeout, watch)
     try:
         while True:
-            read = asyncio.ensure_future(anext(chunks))
-            done, _ = await asyncio.wait(
-                {read, stop}, timeout=stall_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if read not in done:
-                raise _Stopping if stop in done else TimeoutError
-            try:
-                chunk = read.result()
-            except StopAsyncIteration:
+            item = await queue.get()
+            if isinstance(item, bytes):
+                yield item
+            elif item is _ENDED:
                 return
-            yield chunk
+            elif item is _STALLED:
+                raise TimeoutError
+            elif item is _STOPPED:
+                raise _Stopping
+            else:
+                raise item
     finally:
         stop.cancel()
-        if read is not None and not read.done():  # stopped, stalled, or our task cancelled
-            read.cancel()
-            # its error (the upstream closed under it) is nobody's to handle: retrieve it
-            read.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if timer is not None:
+            timer.cancel()
+        if not reader.done():  # stopped, stalled, or our task cancelled
+            reader.cancel()
+            # what it raises as the upstream closes under it is nobody's to handle: retrieve it
+            reader.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 async def _events(
