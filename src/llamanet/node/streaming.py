@@ -316,39 +316,52 @@ async def _with_keepalive(
 ) -> AsyncGenerator[ChoiceEvent | None, None]:
     """`events`, with a None after each `every` seconds of waiting for the next one.
 
-    One task pumps `events` into a queue for the whole stream, and the waits with a timeout are
-    on that queue: a keep-alive never cancels `events` (that would end it), and an event costs
-    a queue hand-over instead of a task and an `asyncio.wait` of its own."""
+    One task pumps `events` into a queue for the whole stream, and one timer per `every`
+    seconds checks when an event last came: a keep-alive never cancels `events` (that would end
+    it), and an event costs a queue hand-over, not a task or a timer of its own."""
     if every is None:
         async for event in events:
             yield event
         return
+    loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
+    last = loop.time()
+    timer: asyncio.TimerHandle | None = None
 
     async def pump() -> None:
+        nonlocal last
         try:
             async for event in events:
+                last = loop.time()
                 queue.put_nowait(event)
         except Exception as exc:  # handed to the consumer, raised there
             queue.put_nowait(exc)
         else:
             queue.put_nowait(_END)
 
+    def watch() -> None:
+        nonlocal timer, last
+        if task.done():
+            return
+        silent = loop.time() - last
+        if silent >= every:
+            last = loop.time()  # the keep-alive counts as something sent
+            queue.put_nowait(None)
+            silent = 0.0
+        timer = loop.call_later(every - silent, watch)
+
     task = asyncio.create_task(pump())
+    timer = loop.call_later(every, watch)
     try:
         while True:
-            try:
-                async with asyncio.timeout(every):
-                    item = await queue.get()
-            except TimeoutError:
-                yield None
-                continue
+            item = await queue.get()
             if item is _END:
                 return
             if isinstance(item, Exception):
                 raise item
             yield item
     finally:
+        timer.cancel()
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
