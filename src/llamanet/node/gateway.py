@@ -48,6 +48,7 @@ from fastapi.sse import format_sse_event
 
 from llamanet.node.disconnect import unless_disconnected
 from llamanet.node.errors import APIError, capability_not_served, model_not_found
+from llamanet.node.read_ahead import SILENT, STOPPED, read_ahead
 from llamanet.protocol import NodeRecord
 from llamanet.swarm.failover import (
     DEFAULT_FIRST_BYTE_TIMEOUT,
@@ -653,77 +654,21 @@ class _Stopping(Exception):
     """The node is stopping (`Gateway.drain`): the relay ends its stream now."""
 
 
-_STALLED, _STOPPED, _ENDED = object(), object(), object()
-
-
 async def _chunks(
     upstream: httpx.Response, stall_timeout: float | None, stopping: asyncio.Event
 ) -> AsyncGenerator[bytes, None]:
-    """The bytes of `upstream` as they come; `TimeoutError` after `stall_timeout` seconds
-    without any (None: no limit), `_Stopping` once `stopping` is set.
-
-    One task reads `upstream` into a queue for the whole stream, and one timer per
-    `stall_timeout` checks when a byte last came: a chunk costs a queue hand-over, not a task,
-    an `asyncio.wait` and a timer of its own (a relay's CPU is taken from the model nodes on
-    the same machine)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    last = loop.time()
-    timer: asyncio.TimerHandle | None = None
-
-    async def pump() -> None:
-        nonlocal last
-        try:
-            async for chunk in upstream.aiter_bytes():
-                last = loop.time()
-                queue.put_nowait(chunk)
-        except Exception as exc:  # raised in the consumer
-            queue.put_nowait(exc)
-        else:
-            queue.put_nowait(_ENDED)
-
-    def watch() -> None:
-        nonlocal timer
-        assert stall_timeout is not None
-        silent = loop.time() - last
-        if reader.done():  # the stream ended (or failed): nothing more to wait for
-            return
-        if silent >= stall_timeout:
-            queue.put_nowait(_STALLED)
-        else:
-            timer = loop.call_later(stall_timeout - silent, watch)
-
-    reader = asyncio.create_task(pump())
-    stop = asyncio.ensure_future(stopping.wait())
-
-    def stopped(waited: asyncio.Future[Any]) -> None:
-        if not waited.cancelled():
-            queue.put_nowait(_STOPPED)
-
-    stop.add_done_callback(stopped)
-    if stall_timeout is not None:
-        timer = loop.call_later(stall_timeout, watch)
-    try:
-        while True:
-            item = await queue.get()
-            if isinstance(item, bytes):
-                yield item
-            elif item is _ENDED:
-                return
-            elif item is _STALLED:
+    """The bytes of `upstream` as they come (read ahead: `llamanet.node.read_ahead` says why);
+    `TimeoutError` after `stall_timeout` seconds without any (None: no limit), `_Stopping`
+    once `stopping` is set."""
+    async with contextlib.aclosing(
+        read_ahead(upstream.aiter_bytes(), stall_timeout, stopping)
+    ) as chunks:
+        async for chunk in chunks:
+            if chunk is SILENT:
                 raise TimeoutError
-            elif item is _STOPPED:
+            if chunk is STOPPED:
                 raise _Stopping
-            else:
-                raise item
-    finally:
-        stop.cancel()
-        if timer is not None:
-            timer.cancel()
-        if not reader.done():  # stopped, stalled, or our task cancelled
-            reader.cancel()
-            # what it raises as the upstream closes under it is nobody's to handle: retrieve it
-            reader.add_done_callback(lambda t: t.cancelled() or t.exception())
+            yield chunk  # type: ignore[misc]
 
 
 async def _events(

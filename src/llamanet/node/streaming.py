@@ -32,6 +32,7 @@ from llamanet.node.choices import ChoiceCall, ChoiceEnd, ChoiceEvent, ChoiceText
 from llamanet.node.engine import GenerationResult, TokenLogprob
 from llamanet.node.errors import stream_error_body
 from llamanet.node.logprobs import chat_logprob_items, chat_logprobs, completion_logprobs
+from llamanet.node.read_ahead import SILENT, read_ahead
 from llamanet.protocol import ResumeFrom, Usage, new_id
 from llamanet.swarm.resume import TOKEN_IDS_FIELD
 
@@ -308,64 +309,18 @@ class NativeFormat(ChunkFormat):
         ]
 
 
-_END = object()
-
-
 async def _with_keepalive(
     events: AsyncGenerator[ChoiceEvent, None], every: float | None
 ) -> AsyncGenerator[ChoiceEvent | None, None]:
-    """`events`, with a None after each `every` seconds of waiting for the next one.
-
-    One task pumps `events` into a queue for the whole stream, and one timer per `every`
-    seconds checks when an event last came: a keep-alive never cancels `events` (that would end
-    it), and an event costs a queue hand-over, not a task or a timer of its own."""
+    """`events`, with a None after each `every` seconds of waiting for the next one (read
+    ahead: `llamanet.node.read_ahead` says why)."""
     if every is None:
         async for event in events:
             yield event
         return
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    last = loop.time()
-    timer: asyncio.TimerHandle | None = None
-
-    async def pump() -> None:
-        nonlocal last
-        try:
-            async for event in events:
-                last = loop.time()
-                queue.put_nowait(event)
-        except Exception as exc:  # handed to the consumer, raised there
-            queue.put_nowait(exc)
-        else:
-            queue.put_nowait(_END)
-
-    def watch() -> None:
-        nonlocal timer, last
-        if task.done():
-            return
-        silent = loop.time() - last
-        if silent >= every:
-            last = loop.time()  # the keep-alive counts as something sent
-            queue.put_nowait(None)
-            silent = 0.0
-        timer = loop.call_later(every - silent, watch)
-
-    task = asyncio.create_task(pump())
-    timer = loop.call_later(every, watch)
-    try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
-        timer.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with contextlib.aclosing(read_ahead(events, every)) as items:
+        async for item in items:
+            yield None if item is SILENT else item  # type: ignore[misc]
 
 
 async def event_stream(
