@@ -27,11 +27,13 @@ RPC_TIMEOUT = 0.5  # dead peers in these tests cost at most this
 
 
 @contextlib.asynccontextmanager
-async def swarm(size: int, **kwargs: Any) -> AsyncIterator[list[DHTNode]]:
-    """`size` full peers, all bootstrapped through the first one; always stopped."""
-    nodes = [
-        DHTNode(NodeIdentity.generate(), rpc_timeout=RPC_TIMEOUT, **kwargs) for _ in range(size)
-    ]
+async def swarm(
+    size: int, identities: list[NodeIdentity] | None = None, **kwargs: Any
+) -> AsyncIterator[list[DHTNode]]:
+    """`size` full peers (random identities unless given), all bootstrapped through the first
+    one; always stopped."""
+    identities = identities or [NodeIdentity.generate() for _ in range(size)]
+    nodes = [DHTNode(identity, rpc_timeout=RPC_TIMEOUT, **kwargs) for identity in identities]
     try:
         for node in nodes:
             await node.start()
@@ -336,11 +338,30 @@ async def test_tombstone_removes_a_node_at_once() -> None:
             assert len(await node.find_nodes(MODEL)) == 7
 
 
+def _spread_identities(count: int) -> list[NodeIdentity]:
+    """A first identity, then one whose id first differs from it at bit 0, one at bit 1, and so
+    on: each peer lands in a bucket of its own in the first one's routing table, so it keeps
+    them all whatever the bucket size (random ids make the table's contents a matter of luck)."""
+    seeds = iter(range(1, 1 << 16))
+    first = NodeIdentity.from_private_bytes(bytes(32))
+    spread = [first]
+    for bit in range(count - 1):
+        while True:
+            candidate = NodeIdentity.from_private_bytes(next(seeds).to_bytes(32, "big"))
+            distance = int(candidate.node_id, 16) ^ int(first.node_id, 16)
+            if distance.bit_length() == 160 - bit:
+                spread.append(candidate)
+                break
+    return spread
+
+
 async def test_a_tombstone_reaches_every_contact_and_its_listeners_at_once() -> None:
     """With replicas fewer than peers (ksize 2 of 6), the leaving node still hands its tombstone
-    to every contact it has, and each peer's storage tells its listeners (the gateway cache)."""
-    async with swarm(6, ksize=2) as nodes:
-        leaving = nodes[3]
+    to every contact it has, and each peer's storage tells its listeners (the gateway cache).
+    The leaving node is the one everyone bootstrapped through, its peers' ids spread over its
+    buckets, so it knows all five."""
+    async with swarm(6, identities=_spread_identities(6), ksize=2) as nodes:
+        leaving = nodes[0]
         assert leaving.identity is not None
         heard: dict[str, list[NodeRecord]] = {node.node_id: [] for node in nodes}
         for node in nodes:
@@ -348,10 +369,10 @@ async def test_a_tombstone_reaches_every_contact_and_its_listeners_at_once() -> 
         record = make_record(leaving.identity)
         await leaving.publish(record)
         contacts = {f"{ip}:{port}" for ip, port in leaving.contacts()}
-        assert len(contacts) >= 3  # more contacts than replicas per key
+        assert len(contacts) == 5  # more contacts than replicas per key
         await leaving.withdraw(make_tombstone(leaving.identity, record))
         told = [n for n in nodes if n is not leaving and f"127.0.0.1:{n.port}" in contacts]
-        assert told
+        assert len(told) == 5
         for node in told:  # no lookup, no waiting: the tombstone is already there
             assert [t.node_id for t in heard[node.node_id]] == [leaving.node_id] * len(
                 heard[node.node_id]
