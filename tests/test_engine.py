@@ -429,8 +429,11 @@ async def test_logprobs_shape(engine: LlamaEngine) -> None:
         assert lp.logprob == pytest.approx(values[0], abs=1e-6)
         assert lp.top[0].token == lp.token and lp.top[0].bytes == lp.bytes
         assert bytes(lp.bytes).decode("utf-8", errors="replace") == lp.token
-    off = await generate(engine, "The capital of France is", SamplingParams(temperature=0))
+    off = await generate(
+        engine, "The capital of France is", SamplingParams(temperature=0, max_tokens=4)
+    )
     assert off.result is not None and off.result.logprobs == []
+    assert off.result.completion_tokens == 4
     zero = await generate(
         engine, "The capital of France is", SamplingParams(temperature=0, max_tokens=4, logprobs=0)
     )
