@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -148,6 +149,20 @@ def test_monitor_into_a_pipe_prints_a_table_per_update(start_node: Any) -> None:
 def test_status_reports_an_unreachable_swarm() -> None:
     run = llamanet("status", "--url", "http://127.0.0.1:9", timeout=60)
     assert run.returncode == 1 and "could not reach" in run.stderr
+
+
+def test_a_node_on_a_taken_port_says_so_and_exits(tmp_path: Path) -> None:
+    """A port another process listens on: one clear line and exit status 1, no traceback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = llamanet(
+            "node", "--no-model", "--port", str(port), "--home", str(tmp_path), timeout=60
+        )
+    assert run.returncode == 1, run.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
 
 
 def _samples(node: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -111,14 +111,14 @@ DRAIN_GRACE = SHUTDOWN_GRACE - 1.0  # generations may use this much, then they a
 # last second is for their error events to go out)
 
 
-def serve_node(settings: NodeSettings) -> None:
-    """Runs one node until Ctrl-C / SIGTERM (uvicorn handles both and shuts down cleanly)."""
+def serve_node(settings: NodeSettings, sock: socket.socket) -> None:
+    """Runs one node on the bound `sock` until Ctrl-C / SIGTERM (uvicorn handles both and
+    shuts down cleanly)."""
     import uvicorn
 
     from llamanet.node.app import create_app
     from llamanet.node.node import LlamaNetNode
 
-    sock = bind_socket(settings.host, settings.port)
     settings.port = sock.getsockname()[1]
     node = LlamaNetNode(settings)
 
@@ -320,7 +320,16 @@ def node(
         console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from exc
     setup_logging(settings.log_level)
-    serve_node(settings)
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as exc:  # the port is taken, the address is not this machine's, ...
+        console.print(
+            f"[red]error:[/red] cannot listen on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc} (another node there? choose another --port, or 0 for a "
+            "free one)"
+        )
+        raise typer.Exit(1) from exc
+    serve_node(settings, sock)
 
 
 def _default_model(home: Path | None) -> Path:
