@@ -165,6 +165,13 @@ def test_a_node_on_a_taken_port_says_so_and_exits(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr + run.stdout
 
 
+def test_a_node_given_a_missing_model_file_says_so_and_exits(tmp_path: Path) -> None:
+    run = llamanet("node", "--model", str(tmp_path / "nope.gguf"), "--port", "0", timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert "nope.gguf does not exist" in " ".join(run.stderr.split())  # rich wraps lines
+    assert "Traceback" not in run.stderr + run.stdout
+
+
 def _samples(node: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = node.get("/metrics").text
     return {

@@ -319,6 +319,12 @@ def node(
     except ValueError as exc:
         console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from exc
+    if settings.model is not None and not settings.no_model and not settings.model.is_file():
+        console.print(
+            f"[red]error:[/red] model file {settings.model} does not exist (without --model "
+            "the node serves the bundled default model, pulled if missing)"
+        )
+        raise typer.Exit(2)
     setup_logging(settings.log_level)
     try:
         sock = bind_socket(settings.host, settings.port)
