@@ -391,6 +391,35 @@ def test_the_amx_check_asks_a_child_once_per_build_and_model(
     assert len(runs) == 2
 
 
+def test_a_model_the_amx_check_cannot_load_gets_no_verdict(
+    monkeypatch: pytest.MonkeyPatch, amx_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A truncated or foreign file says nothing of the kernels: no AMX buffers this time, no
+    'rebuild llama-cpp-python' warning, nothing cached (the node's own load reports it)."""
+    runs: list[list[str]] = []
+
+    def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        runs.append(cmd)
+        return subprocess.CompletedProcess(cmd, _amx.UNLOADABLE, "", "warning\nFailed to load")
+
+    monkeypatch.setattr(_amx.subprocess, "run", run)
+    with caplog.at_level(logging.INFO, logger="llamanet.node.engine"):
+        assert _amx.amx_kernels_work(amx_cache) is False
+        assert _amx.amx_kernels_work(amx_cache) is False
+    assert len(runs) == 2  # asked again: nothing was cached
+    assert not _amx.cache_file().exists()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "could not load the model (Failed to load)" in caplog.text
+
+
+def test_the_amx_check_child_tells_an_unloadable_file_from_failing_kernels(
+    amx_cache: Path,
+) -> None:
+    amx_cache.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64))  # a header, then nothing
+    verdict, why = _amx._run_check(amx_cache)
+    assert verdict is None and "Failed to load model" in why
+
+
 def test_the_amx_check_is_skipped_when_turned_off(
     monkeypatch: pytest.MonkeyPatch, amx_cache: Path
 ) -> None:

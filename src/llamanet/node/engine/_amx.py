@@ -35,6 +35,7 @@ log = logging.getLogger("llamanet.node.engine")
 
 CHECK_TIMEOUT = 120.0  # seconds; loading a large model from a cold disk takes a while
 PROMPT_TOKENS = 48  # more than one row tile (16), so the tile kernel runs, not the M=1 path
+UNLOADABLE = 3  # the child's exit status when the model itself does not load: no verdict
 
 
 def cpu_has_amx(system_info: bytes | None = None) -> bool:
@@ -84,7 +85,9 @@ def _write_cache(key: str, verdict: bool) -> None:
         log.warning("could not keep the AMX check's verdict in %s: %s", path, exc)
 
 
-def _run_check(model_path: Path) -> tuple[bool, str]:
+def _run_check(model_path: Path) -> tuple[bool | None, str]:
+    """The child's verdict and why; None when the model file itself does not load (a truncated
+    or foreign file says nothing of the kernels, and the node's own load reports it)."""
     cmd = [sys.executable, "-m", "llamanet.node.engine._amx", str(model_path)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=CHECK_TIMEOUT)
@@ -94,6 +97,8 @@ def _run_check(model_path: Path) -> tuple[bool, str]:
         return True, "ok"
     if done.returncode < 0:
         return False, f"killed by signal {-done.returncode}"
+    if done.returncode == UNLOADABLE:
+        return None, (done.stderr.strip().splitlines() or ["no message"])[-1][-300:]
     return False, f"exit {done.returncode}: {done.stderr.strip()[-300:]}"
 
 
@@ -113,6 +118,9 @@ def amx_kernels_work(model_path: Path) -> bool:
         return cached
     log.info("this CPU has AMX: checking once that this llama.cpp build runs its AMX kernels")
     verdict, why = _run_check(model_path)
+    if verdict is None:
+        log.info("the AMX check could not load the model (%s): not using AMX buffers", why)
+        return False
     if verdict:
         log.info("the AMX kernels work with this build: using them")
     else:
@@ -133,7 +141,11 @@ def _check(model_path: str) -> None:
 
     params = C.llama_model_default_params()
     params.use_extra_bufts = True
-    model = _internals.LlamaModel(path_model=model_path, params=params, verbose=False)
+    try:
+        model = _internals.LlamaModel(path_model=model_path, params=params, verbose=False)
+    except ValueError as exc:  # llama.cpp could not read the file: no kernel ran
+        print(exc, file=sys.stderr)
+        sys.exit(UNLOADABLE)
     ctx_params = C.llama_context_default_params()
     ctx_params.n_ctx, ctx_params.n_batch, ctx_params.n_seq_max = 256, 64, 2
     ctx_params.n_threads = ctx_params.n_threads_batch = 1
