@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llamanet.node.engine import StopMatcher, _amx, _model
+from llamanet.node.engine import StopMatcher, _amx, _engine, _model
 from llamanet.node.engine._job import Outbox
 from llamanet.node.engine._slots import MIN_COPY, Slot, common_prefix, pending_share, place
 
@@ -357,6 +357,13 @@ def test_model_params_follow_this_builds_cpu_features(
     assert params.n_gpu_layers == 0
     assert _model.model_params(-1).n_gpu_layers == 0x7FFFFFFF  # every layer
     assert _model.model_params(12).n_gpu_layers == 12
+
+
+def test_a_context_llama_cpp_refuses_is_explained_in_the_options_terms() -> None:
+    why = _engine.context_failure(64, 32768, 23040, 20 * 2**30)
+    assert "64 slots x 32768 tokens need about 45.0 GiB of KV cache" in why
+    assert "20.0 GiB of memory are available" in why and "--parallel or --n-ctx" in why
+    assert "available" not in _engine.context_failure(1, 2048, 23040, None)
 
 
 @pytest.fixture

@@ -104,6 +104,17 @@ def kv_bytes_per_token(model: Any) -> int:
     return int(2 * n_layer * kv_dim * 2)
 
 
+def context_failure(parallel: int, n_ctx: int, kv_per_token: int, available: int | None) -> str:
+    """Why llama.cpp may have refused the context, in the options' terms: mostly a KV cache
+    (`parallel` x `n_ctx` tokens) larger than the memory."""
+    needed = kv_per_token * parallel * n_ctx / 2**30
+    have = f", {available / 2**30:.1f} GiB of memory are available" if available else ""
+    return (
+        f"llama.cpp could not create the context: {parallel} slots x {n_ctx} tokens need about "
+        f"{needed:.1f} GiB of KV cache{have}; lower --parallel or --n-ctx"
+    )
+
+
 def default_gpu_layers() -> int:
     """Every layer on the GPU when llama.cpp was built with a GPU backend, else none."""
     return -1 if C.llama_supports_gpu_offload() else 0
@@ -208,7 +219,11 @@ class LlamaEngine:
         params.no_perf = True
         ctx = C.llama_init_from_model(model, params)
         if not ctx:
-            raise GenerationFailed("llama.cpp could not create the context")
+            raise GenerationFailed(
+                context_failure(
+                    self.parallel, self.n_ctx, kv_bytes_per_token(model), available_memory()
+                )
+            )
         total = C.llama_n_ctx(ctx)
         kv_mib = kv_bytes_per_token(model) * total / 2**20
         log.info(
