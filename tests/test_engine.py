@@ -250,6 +250,41 @@ async def test_cancelling_one_of_eight_frees_its_slot_within_one_step(
     await wait_idle(engine)
 
 
+async def test_a_gap_between_busy_slots_is_closed_and_the_moved_answer_is_unchanged(
+    engine: LlamaEngine,
+) -> None:
+    """Three streams in three consecutive slots; the middle one is cancelled and nothing waits
+    to fill its slot: the sequence in the highest slot moves into it (one KV stream copied),
+    and both remaining answers are token for token what they are alone."""
+    await wait_idle(engine)
+    no_end = tuple((t, float("-inf")) for t in range(engine.n_vocab) if engine.is_eog(t))
+    params = SamplingParams(temperature=0.0, max_tokens=64, logit_bias=no_end)
+    prompts = PROMPTS[:3]
+    tokens = [await engine.tokenize(prompt=p) for p in prompts]
+    alone = [await generate(engine, p, params) for p in prompts]
+    moves = engine.stats.slot_moves
+    jobs = [engine.submit(t, params) for t in tokens]
+    for _ in range(5000):  # the answers are 64 tokens: they are all still generating
+        if all(j.started for j in jobs):
+            break
+        await asyncio.sleep(0.002)
+    slot_of = {seq.job: seq.slot.seq_id for seq in list(engine._scheduler.running)}
+    by_slot = sorted(jobs, key=lambda j: slot_of[j])
+    assert [slot_of[j] for j in by_slot] == list(
+        range(slot_of[by_slot[0]], slot_of[by_slot[0]] + 3)
+    )
+    low, middle, high = by_slot
+    await consume(engine, middle, stop_after=1)  # the client leaves: a gap
+    seen = {j: await consume(engine, j) for j in (low, high)}
+    await wait_idle(engine)
+    assert engine.stats.slot_moves == moves + 1
+    for job, ref in zip(jobs, alone, strict=True):
+        if job is not middle:
+            got, want = seen[job].result, ref.result
+            assert got is not None and want is not None
+            assert_same_answer(got, want, "moved" if job is high else "stayed")
+
+
 async def test_cancelling_drops_active_within_one_step(engine: LlamaEngine) -> None:
     await wait_idle(engine)
     params = SamplingParams(temperature=0.0, max_tokens=200)

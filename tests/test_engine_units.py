@@ -16,7 +16,14 @@ import pytest
 
 from llamanet.node.engine import StopMatcher, _amx, _engine, _model
 from llamanet.node.engine._job import Outbox
-from llamanet.node.engine._slots import MIN_COPY, Slot, common_prefix, pending_share, place
+from llamanet.node.engine._slots import (
+    MIN_COPY,
+    Slot,
+    common_prefix,
+    compaction,
+    pending_share,
+    place,
+)
 
 
 def _slots(*contents: list[int], busy: tuple[int, ...] = ()) -> list[Slot]:
@@ -159,6 +166,44 @@ def test_place_never_picks_a_busy_slot() -> None:
     p = place(slots, [1, 2, 3, 4], min_copy=1)
     assert p is not None and p.slot is slots[2] and not p.slot.busy
     assert p.donor in (slots[0], slots[1]) and p.reuse == 3
+
+
+# ---------------------------------------------------------------- compaction
+
+
+def _moves(busy: tuple[int, ...], n: int = 8, fixed: tuple[int, ...] = ()) -> list[tuple[int, int]]:
+    slots = _slots(*([] for _ in range(n)), busy=busy)
+    movable = {i for i in busy if i not in fixed}
+    return [(a.seq_id, b.seq_id) for a, b in compaction(slots, movable)]
+
+
+def test_compaction_leaves_one_run_alone() -> None:
+    assert _moves(()) == [] and _moves((5,)) == []
+    assert _moves((0, 1, 2)) == [] and _moves((3, 4, 5, 6, 7)) == []
+
+
+def test_compaction_fills_gaps_with_the_fewest_moves() -> None:
+    assert _moves((0, 1, 2, 3, 4, 5, 7)) == [(7, 6)]
+    assert _moves((0, 2)) == [(2, 1)]  # the first run holding the most: [0, 1]
+    # moving the lone 0 next to the five beats moving the five down into 1..5
+    assert _moves((0, 9, 10, 11, 12, 13), n=16) == [(0, 8)]
+    assert _moves((0, 3, 5, 7)) == [(5, 1), (7, 2)]  # [0..3] holds two, as does [4..7]
+
+
+def test_compaction_moves_a_busy_slot_into_a_free_one_once() -> None:
+    for busy in ((0, 2, 4, 6), (1, 7), (0, 1, 5, 6, 7), (2, 3, 4, 9, 15)):
+        moves = _moves(busy, n=16)
+        sources, targets = [a for a, _ in moves], [b for _, b in moves]
+        assert set(sources) <= set(busy) and not set(targets) & set(busy)
+        assert len(set(sources)) == len(sources) and len(set(targets)) == len(targets)
+        after = sorted((set(busy) - set(sources)) | set(targets))
+        assert after == list(range(after[0], after[0] + len(busy)))
+
+
+def test_compaction_never_moves_a_slot_that_may_not_move() -> None:
+    assert _moves((0, 2), fixed=(2,)) == [(0, 1)]
+    assert _moves((0, 7), fixed=(0, 7)) == []  # no run of 2 holds both
+    assert _moves((0, 4, 7), fixed=(4,)) == [(0, 2), (7, 3)]
 
 
 # ---------------------------------------------------------------- pending_share

@@ -86,6 +86,11 @@ class _NodeCollector(Collector):
             "llama_decode calls of the batching loop.",
             value=s.decode_steps,
         )
+        yield CounterMetricFamily(
+            "llamanet_slot_moves",
+            "Sequences moved to close a gap between busy slots (one graph fewer per step).",
+            value=s.slot_moves,
+        )
         peers = int(self.dht_status().get("routing_table_size", 0))
         yield GaugeMetricFamily(
             "llamanet_dht_peers", "Peers in the DHT routing table.", value=peers

@@ -306,6 +306,7 @@ class LlamaNetNode:
             prefix_cache_hits=s.prefix_cache_hits if s else 0,
             decode_steps=s.decode_steps if s else 0,
             batch_tokens=s.batch_tokens if s else 0,
+            slot_moves=s.slot_moves if s else 0,
         )
 
     def info(self) -> NodeInfo:

@@ -52,6 +52,7 @@ class NodeStatus(BaseModel):
     prefix_cache_hits: int = 0
     decode_steps: int = 0
     batch_tokens: int = 0  # tokens in the last llama_decode batch
+    slot_moves: int = 0  # sequences moved to close gaps between busy slots
 
 
 class NodeInfo(BaseModel):

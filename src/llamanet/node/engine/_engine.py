@@ -41,7 +41,7 @@ from llamanet.node.engine._types import (
     SamplingParams,
 )
 
-__all__ = ["LlamaEngine", "default_gpu_layers", "default_parallel"]
+__all__ = ["LlamaEngine", "default_gpu_layers", "default_parallel", "move_min_tokens"]
 
 log = logging.getLogger("llamanet.node.engine")
 
@@ -115,6 +115,16 @@ def context_failure(parallel: int, n_ctx: int, kv_per_token: int, available: int
     )
 
 
+def move_min_tokens(model: Any, n_ctx: int) -> int:
+    """Tokens a sequence must still generate for its move to another slot to pay: a move
+    copies its KV stream (read and written: 2 x `n_ctx` tokens' KV), a graph fewer per step
+    saves about a read of the weights (decoding a few tokens is memory-bound). For the
+    default model at n_ctx 2048: 47 MB of stream, 98 MB of weights, 1 token."""
+    stream = kv_bytes_per_token(model) * n_ctx
+    weights = max(int(C.llama_model_size(model)), 1)
+    return max(1, math.ceil(2 * stream / weights))
+
+
 def default_gpu_layers() -> int:
     """Every layer on the GPU when llama.cpp was built with a GPU backend, else none."""
     return -1 if C.llama_supports_gpu_offload() else 0
@@ -163,6 +173,8 @@ class LlamaEngine:
             piece=self._piece_bytes,
             is_eog=self.is_eog,
             on_step=self._on_step,
+            on_move=self._on_move,
+            move_min_tokens=move_min_tokens(model.model, n_ctx),
         )
         self._worker = threading.Thread(
             target=self._scheduler.run, name="llamanet-engine", daemon=True
@@ -449,6 +461,9 @@ class LlamaEngine:
         job.events.put_nowait(Failed(error))
 
     # ------------------------------------------------------------------ step stats (worker)
+
+    def _on_move(self) -> None:
+        self.stats.slot_moves += 1
 
     def _on_step(self, batch_tokens: int, prompt_tokens: int, decode_tokens: int) -> None:
         s = self.stats

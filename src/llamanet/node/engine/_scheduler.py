@@ -4,7 +4,9 @@ A step is one `llama_decode` over the next token of every generating sequence (o
 sequence, each with its own sampler chain), then chunks of the prompts being prefilled, each
 chunk in a `llama_decode` of its own. Requests join between steps (FIFO, a waiting request
 takes the first free slot); a sequence that finishes or whose consumer left frees its slot at
-once, keeping its KV for prefix reuse.
+once, keeping its KV for prefix reuse. The gaps such slots leave between busy ones cost a graph
+per step each (`_slots.py`); when no waiting request fills them, the sequences beyond them move
+in (`_compact`).
 
 Why generating tokens and prompt chunks never share a call, and a prompt chunk never leaves a
 lone token behind: llama.cpp's CPU kernels round differently for one token than for a run of
@@ -42,7 +44,7 @@ from llama_cpp import llama_cpp as C
 
 from llamanet.node.engine._job import Job, Outbox
 from llamanet.node.engine._sampler import InvalidGrammar, SequenceSampler, token_logprob
-from llamanet.node.engine._slots import Slot, pending_share, place
+from llamanet.node.engine._slots import Slot, compaction, pending_share, place
 from llamanet.node.engine._stops import StopMatcher
 from llamanet.node.engine._types import (
     EngineClosed,
@@ -99,6 +101,8 @@ class Scheduler:
         piece: Callable[[int], bytes],
         is_eog: Callable[[int], bool],
         on_step: Callable[[int, int, int], None],
+        on_move: Callable[[], None] = lambda: None,
+        move_min_tokens: int = 1,
     ) -> None:
         self.ctx = ctx
         self.mem = C.llama_get_memory(ctx)
@@ -109,6 +113,8 @@ class Scheduler:
         self.piece = piece
         self.is_eog = is_eog
         self.on_step = on_step  # (batch tokens, prompt tokens, decode tokens), for the stats
+        self.on_move = on_move  # a sequence moved to another slot (`_compact`)
+        self.move_min_tokens = move_min_tokens  # tokens still to generate for a move to pay
         self.slots = [Slot(seq_id=i) for i in range(parallel)]
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.waiting: list[Job] = []
@@ -127,6 +133,7 @@ class Scheduler:
                     break
                 self._drop_cancelled()  # before admission: a freed slot serves this very step
                 self._admit()
+                self._compact()
                 if self.running:
                     self._step()
                 elif self.waiting:
@@ -229,6 +236,31 @@ class Scheduler:
             self._complete(seq, "stop", hit=True)
         elif len(seq.generated) >= job.max_tokens:
             self._complete(seq, "length")
+
+    def _compact(self) -> None:
+        """Moves generating sequences into the gaps between busy slots when no request waits
+        to fill them (`_slots.py`): a move copies one KV stream once and saves a graph on every
+        step of the rest of the answer, so only sequences with at least `move_min_tokens` still
+        to generate move. A sequence in prefill stays: its prompt chunks are graphs of their
+        own anyway."""
+        if self.waiting or len(self.running) < 2:
+            return
+        by_slot = {seq.slot.seq_id: seq for seq in self.running}
+        movable = {
+            seq_id
+            for seq_id, seq in by_slot.items()
+            if not seq.slot.planned
+            and seq.job.max_tokens - len(seq.generated) >= self.move_min_tokens
+        }
+        for src, dst in compaction(self.slots, movable):
+            seq = by_slot[src.seq_id]
+            # the copy resets dst's stream and lands before the next graph, in this very step
+            C.llama_memory_seq_cp(self.mem, src.seq_id, dst.seq_id, -1, -1)
+            dst.tokens, src.tokens = src.tokens, list(src.tokens)  # src keeps its cache
+            dst.busy, src.busy = True, False
+            dst.last_used = src.last_used = time.monotonic()
+            seq.slot = dst
+            self.on_move()
 
     # ------------------------------------------------------------------ one step
 

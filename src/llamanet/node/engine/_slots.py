@@ -17,15 +17,28 @@ share, or the same prompt sent by many clients, is evaluated once. The threshold
 because the KV is one stream per slot: a copy moves the donor's whole stream (all n_ctx cells,
 ~47 MB for the default model at n_ctx 2048, a memory copy of a few ms), about what evaluating a
 couple of prompt tokens costs here, and far less than a graph more on every step of an answer.
+Slots free up in any order, though, and the gaps they leave stay when no request comes to fill
+them (the end of a burst). Then the generating sequences move together: `compaction` picks the
+run of consecutive slots that already holds most of them and moves each of the others into a
+free slot of that run (a copy of its KV stream). Whether a move pays is the caller's to weigh:
+one graph fewer per step for the rest of the answer against one stream copy.
 Pure logic: the KV operations are the caller's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["MIN_COPY", "Placement", "Slot", "common_prefix", "pending_share", "place"]
+__all__ = [
+    "MIN_COPY",
+    "Placement",
+    "Slot",
+    "common_prefix",
+    "compaction",
+    "pending_share",
+    "place",
+]
 
 
 MIN_COPY = 8  # prompt tokens a copy from another slot must save
@@ -93,3 +106,31 @@ def pending_share(
             if n >= have + min_copy and n > len(slot.tokens):
                 return True
     return False
+
+
+def compaction(slots: Sequence[Slot], movable: Collection[int]) -> list[tuple[Slot, Slot]]:
+    """Moves `(from, to)` that put the busy slots on consecutive seq_ids, as few as possible;
+    only slots in `movable` (seq_ids) may move. Empty when they already are, or when no run of
+    consecutive slots can take the busy ones without moving one that may not move.
+
+    The run chosen is the one already holding the most busy slots (the first such); each busy
+    slot outside it goes to one of its free slots, both in seq_id order."""
+    busy = [s for s in slots if s.busy]
+    ids = sorted(s.seq_id for s in busy)
+    if len(ids) < 2 or ids[-1] - ids[0] + 1 == len(ids):
+        return []
+    by_id = {s.seq_id: s for s in slots}
+    width, fixed = len(ids), [i for i in ids if i not in movable]
+    best: tuple[int, int] | None = None  # (busy inside, start)
+    for start in range(len(slots) - width + 1):
+        end = start + width
+        if all(start <= i < end for i in fixed):
+            inside = sum(1 for i in ids if start <= i < end)
+            if best is None or inside > best[0]:
+                best = (inside, start)
+    if best is None:
+        return []
+    start, end = best[1], best[1] + width
+    leaving = [by_id[i] for i in ids if not start <= i < end]
+    free = [by_id[i] for i in range(start, end) if not by_id[i].busy]
+    return list(zip(leaving, free, strict=True))

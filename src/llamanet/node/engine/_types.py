@@ -137,6 +137,7 @@ class EngineStats:
     prefix_cache_hits: int = 0
     decode_steps: int = 0
     batch_tokens: int = 0  # tokens in the last llama_decode batch
+    slot_moves: int = 0  # sequences moved next to the others (the scheduler's `_compact`)
 
     @property
     def held(self) -> int:
