@@ -246,6 +246,8 @@ class Scheduler:
         if self.waiting or len(self.running) < 2:
             return
         by_slot = {seq.slot.seq_id: seq for seq in self.running}
+        if max(by_slot) - min(by_slot) + 1 == len(by_slot):
+            return  # one run already: the common case, kept cheap (this runs every step)
         movable = {
             seq_id
             for seq_id, seq in by_slot.items()
