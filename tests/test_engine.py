@@ -339,6 +339,41 @@ async def test_second_chat_turn_reuses_the_first_turns_prefix(engine: LlamaEngin
     assert engine.stats.prompt_tokens_evaluated - evaluated0 == len(t2) - r.prompt_tokens_reused
 
 
+async def test_a_prefix_from_another_prompts_cache_gives_the_fresh_numbers(
+    model_path: Path,
+) -> None:
+    """A chat's first tokens come from the cache of a long prompt that began the same way: its
+    answer is bit for bit what a fresh engine gives. With llama.cpp's flash attention the long
+    prompt's tokens went through its tiled kernel (a chunk of 64 tokens or more) and the chat's
+    own through the per-row one, and the greedy text changed (`_engine.py` says more)."""
+    chat = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
+    shared = 8  # the chat template's opening: "<|im_start|>system\nYou are a helpful AI"
+    params = SamplingParams(temperature=0.0, max_tokens=40, logprobs=1)
+
+    async def answer(before: str | None) -> GenerationResult:
+        """The chat's answer on a fresh engine, after `before` (its first `shared` tokens the
+        chat's, then the text's) when given."""
+        eng = await LlamaEngine.load(
+            model_path, model_id="test-prefix", n_ctx=1024, n_threads=1, parallel=2, queue_size=1
+        )
+        try:
+            tokens = await eng.tokenize(messages=chat)
+            if before is not None:
+                rest = (await eng.tokenize(prompt=before))[1:]
+                assert len(rest) >= 64  # one chunk of the tiled kind
+                other = tokens[:shared] + rest
+                await consume(eng, eng.submit(other, SamplingParams(temperature=0, max_tokens=2)))
+            return check_usage(await consume(eng, eng.submit(tokens, params)), len(tokens))
+        finally:
+            await eng.close()
+
+    fresh = await answer(None)
+    cached = await answer(" ".join(PROMPTS) * 4)  # ~200 tokens, none of them the chat's
+    assert cached.prompt_tokens_reused == shared
+    assert cached.token_ids == fresh.token_ids, (cached.text, fresh.text)
+    assert [lp.logprob for lp in cached.logprobs] == [lp.logprob for lp in fresh.logprobs]
+
+
 async def test_eight_identical_prompts_are_prefilled_once(engine: LlamaEngine) -> None:
     await wait_idle(engine)
     prompt = (

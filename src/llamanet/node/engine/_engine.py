@@ -11,6 +11,20 @@ sequence's cells sit wherever there was room, attention sums them in that order,
 greedy request gave different text depending on the cache's history (8 prompts prefilled
 together diverged after 6-12 tokens); per-slot streams give the same numbers every time. The
 price: sharing a prefix between slots copies the donor's stream instead of sharing its cells.
+
+No flash attention, for the same reason. llama.cpp's CPU flash-attention kernel takes a tiled
+path for a chunk of 64 or more tokens of one sequence and a per-row one below that, and they
+round differently. So a token's KV depended on the size of the chunk it was evaluated in, and a
+prefix reused from another prompt's cache gave other numbers than evaluating the prompt afresh:
+the 4 template tokens of a 183-token tool prompt, reused by a 42-token chat, turned a greedy
+story about "Kylo" into one about "Pixel" (the swarm's resume test caught it when one node had
+served that tool prompt before). It also splits the attention of a lone decoded token over the
+threads once the context reaches 512 cells, so two nodes with different `--n-threads` parted
+after ~200 tokens. Without it every prompt token gets the same numbers whatever chunk it came
+in, from any cache, on any thread count, and a stream resumed on another node continues as the
+first would have. Measured here (default model, 2 threads, paired): decoding 1.05-1.27x faster
+without it (1 to 16 streams), prompts 0.55-0.81x (250-1000 tokens). llama-cpp-python's own
+`Llama` runs without it by default too.
 """
 
 from __future__ import annotations
@@ -227,10 +241,8 @@ class LlamaEngine:
         params.n_seq_max = self.parallel
         params.n_threads = params.n_threads_batch = n_threads  # one thread team, not two
         params.kv_unified = False  # one stream per slot (the module docstring says why)
-        # Flash attention where the backend has it (llama-server's default too): 5-20 % more
-        # tokens/s here. With a unified cache it made the same greedy request's first token
-        # depend on the cache's history; with one stream per slot the answers are exact.
-        params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_AUTO
+        # exact prefix reuse and resume: the module docstring says why, and what it costs
+        params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         ctx = C.llama_init_from_model(model, params)
         if not ctx:
