@@ -507,14 +507,15 @@ MIB = 2**20
 @pytest.mark.parametrize(
     ("kv_per_slot", "available", "slots"),
     [
-        (47 * MIB, 22_000 * MIB, 8),  # the default model at 2048 tokens: 8 whatever the cores
-        (512 * MIB, 22_000 * MIB, 8),  # a 7B at 4096 tokens on 24 GB: 10 fit, 8 are enough
-        (512 * MIB, 6_000 * MIB, 2),  # the same on a small machine: what a quarter holds
+        (47 * MIB, 22_000 * MIB, 16),  # the default model at 2048 tokens: 16 whatever the cores
+        (47 * MIB, 2_000 * MIB, 10),  # ... on a small machine: what a quarter holds
+        (512 * MIB, 22_000 * MIB, 10),  # a 7B at 4096 tokens on 24 GB: 10 fit
+        (512 * MIB, 6_000 * MIB, 2),
         (512 * MIB, 1_000 * MIB, 1),  # never none
-        (47 * MIB, None, 8),  # memory unknown: the throughput bound alone
+        (47 * MIB, None, 16),  # memory unknown: the throughput bound alone
     ],
 )
-def test_default_slots_are_8_unless_their_kv_cache_would_not_fit(
+def test_default_slots_are_16_unless_their_kv_cache_would_not_fit(
     monkeypatch: pytest.MonkeyPatch, kv_per_slot: int, available: int | None, slots: int
 ) -> None:
     from llamanet.node.engine import _engine

@@ -191,7 +191,7 @@ def node(
     parallel: Annotated[
         int | None,
         _option(
-            "Requests generated together in one batch (slots; default 8, fewer when their KV "
+            "Requests generated together in one batch (slots; default 16, fewer when their KV "
             "cache would take over a quarter of the free memory).",
             "parallel",
         ),

@@ -73,23 +73,24 @@ def _ema(previous: float, sample: float) -> float:
     return sample if not previous else (1 - _EMA) * previous + _EMA * sample
 
 
-MAX_DEFAULT_SLOTS = 8
+MAX_DEFAULT_SLOTS = 16
 KV_MEMORY_SHARE = 0.25  # of the memory available at start, for the default slots' KV cache
 
 
 def default_parallel(kv_bytes_per_slot: float, available: int | None = None) -> int:
-    """Slots when `--parallel` is not given: 8, or as many as have their KV cache (`n_ctx`
+    """Slots when `--parallel` is not given: 16, or as many as have their KV cache (`n_ctx`
     tokens each) in a quarter of the memory available (`available`, bytes; MemAvailable when
     None), at least 1.
 
-    Why 8 whatever the cores: batching reuses each weight for every sequence of a step, so on a
-    CPU the aggregate throughput of a small model grows up to about 8 sequences and little
-    beyond (2 cores, AMX: 69 tokens/s at 4 streams, 79 at 8, 81 at 16 with 8 slots); fewer
-    slots than that only make requests wait in the queue. Since the gaps between busy slots are
-    closed (`_slots.py`), 16 slots measured better at 16 streams (1.17-1.44x tokens/s, first
-    token 2-4x sooner; 8 streams and fewer within noise): 16 is the candidate default, not yet
-    taken (see the session-10 note). Why the memory bound: a large model's KV cache per slot is
-    hundreds of MB (a 7B at 4096 tokens: 512 MB)."""
+    Why 16 whatever the cores: batching reuses each weight for every sequence of a step, so on
+    a CPU a decode step costs about the same up to ~16 sequences (the default model, 2 cores:
+    one sequence 10 ms a step, 8 in 25 ms, 16 in 37 ms, 24 in 62-71 ms, 32 in 105-116 ms). At
+    16 concurrent streams (2026-12-03, 3 paired rounds) 16 slots gave 1.17-1.44x the tokens/s
+    of 8 and a first token 2-4x sooner; at 8 streams and fewer the two are within this
+    machine's noise (per-round ratios 0.74-1.12, median 0.96). Again without flash attention
+    (3 paired rounds): 16 streams 1.26-1.52x and a first token 4x sooner, 8 streams 0.89-1.05,
+    4 streams 0.97-1.11. Why the memory bound: a large model's KV cache per slot is hundreds of
+    MB (a 7B at 4096 tokens: 512 MB)."""
     memory = available_memory() if available is None else available
     if memory is None or kv_bytes_per_slot <= 0:
         return MAX_DEFAULT_SLOTS
