@@ -11,11 +11,15 @@ in (`_compact`).
 Why generating tokens and prompt chunks never share a call, and a prompt chunk never leaves a
 lone token behind: llama.cpp's CPU kernels round differently for one token than for a run of
 tokens, so a sequence's numbers would depend on the company it had. Kept apart (with one KV
-stream per slot, see `_engine.py`), every generated token is evaluated alone in its sequence and
-every prompt token among its own prompt's tokens: a temperature-0 answer is the same alone, in
-a full batch, after a prefix-cache hit, and on another node resuming it. Resumed tokens
-(`resume_tokens`) go in one per step, as they were generated, for the same reason; the job
-first yields them as `replayed` pieces, with the text the first node released for each.
+stream per slot and no flash attention, see `_engine.py`), every generated token is evaluated
+alone in its sequence and every prompt token among its own prompt's tokens: a temperature-0
+answer is the same alone, in a full batch, after a prefix-cache hit, and on another node
+resuming it. Resumed tokens (`resume_tokens`) go in one per step, as they were generated, for
+the same reason; the job first yields them as `replayed` pieces, with the text the first node
+released for each. What stays apart: an earlier answer's tokens in the cache (the next turn of
+a chat) keep the numbers of their one-at-a-time decoding, which a prefill of the same tokens
+does not give bit for bit, so such a turn is exact against the node that holds its cache, and
+its text the same on a node without it unless two tokens come within rounding of each other.
 
 The stall a long prompt can cause: while other sequences generate, at most `prefill_chunk`
 prompt tokens are evaluated per step, so a running stream waits at most one such chunk per
