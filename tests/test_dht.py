@@ -18,6 +18,7 @@ from kademlia.node import Node
 from llamanet.protocol import NodeRecord
 from llamanet.swarm.dht import DHTNode, Presence, RecordStorage, crawling
 from llamanet.swarm.dht.keys import all_nodes_keys, digest, keys_for, model_key
+from llamanet.swarm.dht.known_peers import KnownPeers
 from llamanet.swarm.identity import NodeIdentity
 from llamanet.swarm.records import canonical_bytes, encode_record, make_tombstone
 
@@ -379,6 +380,35 @@ async def test_a_tombstone_reaches_every_contact_and_its_listeners_at_once() -> 
             )
             assert heard[node.node_id], f"{node.node_id[:8]} was not told"
             assert all(t.withdrawn for t in heard[node.node_id])
+
+
+async def test_a_save_cancelled_before_it_ran_is_done_by_the_next_remember(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's stop cancels its heartbeat, maybe while the contacts it just learnt wait for
+    the executor to write them: the stop's own save must still write them (it once compared
+    with the list in memory, found nothing new and left no file, and the restarted first node
+    of a swarm had nobody to rejoin through)."""
+    path = tmp_path / "peers.json"
+    known = KnownPeers(path)
+    await known.load()
+    contacts = [("127.0.0.1", 9001), ("127.0.0.1", 9002)]
+    waiting = asyncio.Event()
+
+    async def busy_executor(fn: Callable[..., Any], /, *args: Any) -> Any:
+        waiting.set()
+        await asyncio.Event().wait()  # the write never starts
+
+    monkeypatch.setattr(asyncio, "to_thread", busy_executor)
+    heartbeat = asyncio.create_task(known.remember(contacts))
+    await waiting.wait()
+    heartbeat.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await heartbeat
+    monkeypatch.undo()
+    assert known.peers == contacts and not path.exists()
+    await known.remember(contacts)  # the stop's save: the same contacts
+    assert await KnownPeers(path).load() == contacts
 
 
 async def test_restarted_node_without_bootstrap_rejoins_through_known_peers(

@@ -4,12 +4,15 @@ A node restarted without `--bootstrap` (the first node of a swarm, typically) wo
 start with an empty routing table and nobody to ask: its peers dropped it from their tables
 while it was down and never contact it again. With this file it rejoins through the peers it
 knew. The file is JSON (`{"peers": ["host:port", ...]}`), newest contacts first, capped; it is
-written atomically and only when its content changes; an unreadable file is ignored.
+written atomically and only when its content differs from what was last written (not from the
+list in memory: a write cancelled before the executor ran it, as a node's stop cancels its
+heartbeat, is done by the next `remember`); an unreadable file is ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -25,6 +28,7 @@ __all__ = ["KnownPeers"]
 log = logging.getLogger(__name__)
 
 MAX_KNOWN: Final = 32
+_writes = itertools.count()
 
 
 class KnownPeers:
@@ -32,10 +36,13 @@ class KnownPeers:
         self.path = path
         self.limit = limit
         self.peers: list[Address] = []
+        self._written: list[Address] | None = None  # the file's content as last written or read
+        self._lock = asyncio.Lock()
 
     async def load(self) -> list[Address]:
         if self.path is not None:
             self.peers = await asyncio.to_thread(self._read, self.path)
+            self._written = list(self.peers)
         return list(self.peers)
 
     @staticmethod
@@ -51,19 +58,23 @@ class KnownPeers:
 
     async def remember(self, contacts: Iterable[Address]) -> None:
         """Put `contacts` first (the live ones), keep older entries after them, up to `limit`."""
-        merged = list(dict.fromkeys([*contacts, *self.peers]))[: self.limit]
-        if merged == self.peers:
+        self.peers = list(dict.fromkeys([*contacts, *self.peers]))[: self.limit]
+        if self.path is None:
             return
-        self.peers = merged
-        if self.path is not None:
+        async with self._lock:  # one write at a time, the newest list
+            peers = list(self.peers)
+            if peers == self._written:
+                return
             try:
-                await asyncio.to_thread(self._write, self.path, merged)
+                await asyncio.to_thread(self._write, self.path, peers)
             except OSError as exc:  # a read-only home costs only the restart shortcut
                 log.warning("could not save the known peers to %s: %s", self.path, exc)
+            self._written = peers  # (after a refusal too: tried again when the list changes)
 
     @staticmethod
     def _write(path: Path, peers: list[Address]) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # a name of its own per write: a cancelled caller leaves its thread writing
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_writes)}.tmp")
         text = json.dumps({"peers": [_format(host, port) for host, port in peers]}, indent=1)
         tmp.write_text(text + "\n")
         os.replace(tmp, path)
